@@ -1,0 +1,81 @@
+"""Shared test fixtures: a tiny random-weight flow policy and a simple reward, registered so that
+configs in tests can name them (``TinyTestPolicy``, ``MeanBrightnessReward``)."""
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from treegrpo.policies.base import Policy  # noqa: E402
+from treegrpo.registry import POLICIES, REWARDS  # noqa: E402
+
+
+class TinyDenoiser(nn.Module):
+    """conv(x) scaled by the level plus a per-prompt bias: enough structure to train on."""
+
+    def __init__(self, channels: int = 2, emb_dim: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.text = nn.Linear(emb_dim, channels)
+
+    def forward(self, x, level, emb):
+        return self.conv(x) * (1 + level[:, None, None, None]) + self.text(emb)[:, :, None, None]
+
+
+@POLICIES.register_module(force=True)
+class TinyTestPolicy(Policy):
+    """A random-weight flow policy on 2x4x4 latents; prompts embed by a hash of their text."""
+
+    def __init__(self, seed: int = 0, keep_reference: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.denoiser = TinyDenoiser()
+        self.latent_shape = (2, 4, 4)
+        self.reference_denoiser = None
+        if keep_reference:
+            import copy
+
+            self.reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
+
+    def encode_prompts(self, prompts):
+        gen = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
+        emb = torch.stack([torch.randn(4, generator=g) for g in gen]) if prompts else torch.zeros(0, 4)
+        return {"emb": emb.to(self.device_)}
+
+    def null_condition(self, batch_size):
+        return {"emb": torch.zeros(batch_size, 4, device=self.device_)}
+
+    @property
+    def device_(self):
+        return next(self.denoiser.parameters()).device
+
+    def noise_levels(self, num_steps):
+        return torch.linspace(1.0, 0.0, num_steps + 1)
+
+    def model_output(self, latents, level, cond):
+        return self.denoiser(latents, level, cond["emb"])
+
+    def decode(self, latents):
+        gray = torch.sigmoid(latents[:, :1])
+        return gray.expand(-1, 3, -1, -1).contiguous()
+
+
+@REWARDS.register_module(force=True)
+class MeanBrightnessReward:
+    """Mean pixel value of each image: [L]."""
+
+    def __call__(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+@pytest.fixture
+def tiny_policy():
+    return TinyTestPolicy(seed=0)

@@ -1,0 +1,87 @@
+"""Train a policy with TreeGRPO or flat GRPO from a config.
+
+    python tools/train.py configs/treegrpo_toy_shapes.py
+    python tools/train.py CONFIG --work-dir DIR --cfg-options max_iters=5 update.num_inner_epochs=2
+    python tools/train.py CONFIG --resume auto          # newest checkpoint of this config
+    python tools/train.py CONFIG --resume work_dirs/x/20260101_120000   # a run or checkpoint folder
+Several processes: ``torchrun --nproc_per_node 2 tools/train.py CONFIG`` or
+``accelerate launch --multi_gpu --num_processes 2 tools/train.py CONFIG``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing (plugins/ importable too)
+    sys.path.insert(0, str(ROOT))
+
+from mmengine.config import Config, DictAction  # noqa: E402
+
+from treegrpo.checkpoint import list_checkpoints, resolve_checkpoint  # noqa: E402
+from treegrpo.runner import Runner, dump_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train with TreeGRPO / GRPO")
+    parser.add_argument("config", help="config file path")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go "
+                        "(default: work_dirs/<config name>/<timestamp>)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="'auto' (newest checkpoint of this config), a run folder or a "
+                        "checkpoints/iter_<n> folder")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="override config keys, e.g. max_iters=10 sampler.num_steps=8")
+    return parser.parse_args(argv)
+
+
+def load_config(path: str, options: dict, seed: int | None = None) -> Config:
+    """Read a config file (with _base_ and custom_imports) and apply overrides."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    if seed is not None:
+        cfg.seed = seed
+    return cfg
+
+
+def find_resume(config_name: str, resume: str) -> Path:
+    """The checkpoint to resume from: newest of this config's runs for 'auto', else the path."""
+    if resume != "auto":
+        return resolve_checkpoint(resume)
+    runs = sorted((ROOT / "work_dirs" / config_name).glob("*"))
+    for run in reversed(runs):
+        found = list_checkpoints(run)
+        if found:
+            return found[-1]
+    raise FileNotFoundError(f"--resume auto found no checkpoint under work_dirs/{config_name}/")
+
+
+def main(argv=None) -> Runner:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options, args.seed)
+    config_name = Path(args.config).stem
+    resume_from = find_resume(config_name, args.resume) if args.resume else None
+    if args.work_dir:
+        work_dir = Path(args.work_dir)
+    elif resume_from is not None:
+        work_dir = resume_from.parent.parent  # continue in the run that wrote the checkpoint
+    else:
+        stamp = os.environ.get("TREEGRPO_RUN_STAMP") or time.strftime("%Y%m%d_%H%M%S")
+        work_dir = ROOT / "work_dirs" / config_name / stamp
+    runner = Runner(cfg, work_dir, resume_from=resume_from)
+    if runner.is_main:
+        dump_config(cfg, work_dir)
+        print(f"work dir: {work_dir}" + (f" (resumed from {resume_from})" if resume_from else ""))
+    runner.train()
+    return runner
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The interface every generator wrapper implements (toy flow model, SD3, SD1.x, FLUX).
+
+A policy owns the denoiser network (the trainable part), the prompt encoder, the decoder and the
+noise schedule. Samplers and the update step talk to the model only through these methods.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class Policy(nn.Module):
+    """Base class: a text-conditional denoiser plus everything needed to use it.
+
+    Subclasses set ``self.denoiser`` (the ``nn.Module`` that is trained and wrapped by
+    accelerate) and implement the abstract methods. ``nfe`` counts model evaluations per sample
+    (a forward on a batch of B rows adds B; with classifier-free guidance 2B).
+    """
+
+    denoiser: nn.Module
+    latent_shape: tuple[int, int, int]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nfe = 0
+
+    # --- conditioning -------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Prompts -> conditioning dict of tensors, each [P, ...] (no grad)."""
+        raise NotImplementedError
+
+    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Unconditional (empty prompt) conditioning for CFG, each tensor [B, ...]."""
+        raise NotImplementedError
+
+    # --- schedule -----------------------------------------------------------------------
+    def noise_levels(self, num_steps: int) -> torch.Tensor:
+        """[T+1] float32 noise levels of a T-step schedule (sigmas 1 -> 0 for flow models)."""
+        raise NotImplementedError
+
+    # --- model --------------------------------------------------------------------------
+    def model_output(
+        self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """One raw denoiser forward. latents [B, C, H, W], level [B] -> output [B, C, H, W]."""
+        raise NotImplementedError
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        level: torch.Tensor,
+        cond: dict[str, torch.Tensor],
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Guided model output [B, C, H, W]; with ``guidance_scale > 1`` the unconditional and
+        conditional rows go through the model as one batch of 2B. Counts NFE."""
+        batch = latents.shape[0]
+        if guidance_scale <= 1.0:
+            self.nfe += batch
+            return self.model_output(latents, level, cond)
+        null = self.null_condition(batch)
+        both = {key: torch.cat([null[key], cond[key]]) for key in cond}
+        out = self.model_output(torch.cat([latents, latents]), torch.cat([level, level]), both)
+        self.nfe += 2 * batch
+        uncond, conditional = out.chunk(2)
+        return uncond + guidance_scale * (conditional - uncond)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] -> images [B, 3, H, W] float in [0, 1]."""
+        raise NotImplementedError
+
+    # --- training -----------------------------------------------------------------------
+    def unwrapped_denoiser(self) -> nn.Module:
+        """The denoiser without a DDP/FSDP wrapper (parameter names without ``module.``)."""
+        return getattr(self.denoiser, "module", self.denoiser)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained tensors (full weights or LoRA), on CPU, for checkpoints."""
+        return {
+            name: p.detach().to("cpu", copy=True).contiguous()
+            for name, p in self.unwrapped_denoiser().named_parameters()
+            if p.requires_grad
+        }
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy checkpoint tensors into the trainable parameters; names must match exactly."""
+        params = {n: p for n, p in self.unwrapped_denoiser().named_parameters() if p.requires_grad}
+        unknown, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
+        if unknown or missing:
+            raise KeyError(
+                f"checkpoint does not match {type(self).__name__}'s trainable parameters: "
+                f"unknown {unknown[:5]}, missing {missing[:5]}"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Within this context the model is the frozen reference policy (for the KL term).
+
+        LoRA: the adapters are disabled (no copy). Full fine-tuning: a frozen copy kept in
+        ``self.reference_denoiser`` (set by the subclass when asked to keep one) is swapped in.
+        """
+        frozen = getattr(self, "reference_denoiser", None)
+        if frozen is not None:
+            trained = self.denoiser
+            self.denoiser = frozen
+            try:
+                yield
+            finally:
+                self.denoiser = trained
+            return
+        model = getattr(self.denoiser, "module", self.denoiser)  # unwrap DDP
+        if not hasattr(model, "disable_adapters") or not getattr(model, "_hf_peft_config_loaded", False):
+            raise RuntimeError(
+                f"{type(self).__name__} has no reference policy for the KL term: train LoRA "
+                "adapters, or build the policy with keep_reference=True"
+            )
+        model.disable_adapters()
+        try:
+            yield
+        finally:
+            model.enable_adapters()

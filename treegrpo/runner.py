@@ -1,0 +1,281 @@
+"""The training loop: sample -> score -> advantages -> clipped-ratio update, on accelerate.
+
+Everything random is drawn from generators seeded by (seed, iteration, rank, purpose), so a run
+resumed from a checkpoint continues bit-identically on the same hardware.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from mmengine.config import Config
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .hooks.logger import MetricWriter
+from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
+                       SAMPLERS, SCHEDULES, build)
+from .rewards.base import RewardError, check_rewards
+from .update import edge_log_probs
+from .utils import PURPOSES, derive_seed, make_generator, timer
+
+REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
+                 "train_dataset", "optimizer", "max_iters", "prompts_per_iter")
+
+
+def require_keys(cfg: Config, keys=REQUIRED_KEYS) -> None:
+    """Raise a KeyError naming every required top-level config key that is missing."""
+    missing = [key for key in keys if key not in cfg]
+    if missing:
+        raise KeyError(
+            f"config is missing required key(s) {missing}; see configs/_base_/default_runtime.py "
+            "and configs/treegrpo_toy_shapes.py for a complete example"
+        )
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    """``dict(type='AdamW', lr=...)`` -> a ``torch.optim`` optimizer over ``params``."""
+    cfg = dict(cfg)
+    name = cfg.pop("type", "AdamW")
+    optimizer_cls = getattr(torch.optim, name, None)
+    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
+        raise KeyError(f"optimizer type {name!r} is not a torch.optim optimizer (e.g. 'AdamW', 'SGD')")
+    return optimizer_cls(params, **cfg)
+
+
+class Runner:
+    """Builds every component from a config and runs the TreeGRPO / GRPO training loop."""
+
+    def __init__(self, cfg: Config, work_dir: str | Path, resume_from: str | Path | None = None):
+        require_keys(cfg)
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.checkpoint_dir = self.work_dir / "checkpoints"
+        self.accelerator = Accelerator(
+            cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
+            mixed_precision=cfg.get("mixed_precision", "no"),
+        )
+        self.device = self.accelerator.device
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.seed = int(cfg.get("seed", 0))
+        self.max_iters = int(cfg.max_iters)
+        self.prompts_per_iter = int(cfg.prompts_per_iter)
+        if self.prompts_per_iter % self.world_size:
+            raise ValueError(
+                f"prompts_per_iter={self.prompts_per_iter} must be divisible by the number of "
+                f"processes ({self.world_size})"
+            )
+        update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0)
+        update.update(cfg.get("update", {}))
+        self.update_cfg = update
+
+        torch.manual_seed(self.seed)
+        self.policy = build(POLICIES, cfg.policy).to(self.device)
+        self.kernel = build(KERNELS, cfg.kernel)
+        self.schedule = build(SCHEDULES, cfg.schedule)
+        self.sampler = build(SAMPLERS, cfg.sampler)
+        self.reward = build(REWARDS, cfg.reward)
+        self.reward_name = cfg.reward["type"]
+        self.advantage = build(ADVANTAGES, cfg.advantage)
+        self.loss = build(LOSSES, cfg.loss)
+        self.train_dataset = build(DATASETS, cfg.train_dataset)
+        self.hooks = sorted((build(HOOKS, h) for h in cfg.get("hooks", [])), key=lambda h: h.priority)
+
+        self.optimizer = build_optimizer(cfg.optimizer, self.policy.trainable_parameters())
+        warmup = int(cfg.get("lr_warmup_iters", 0))
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0
+        )
+        # The lr scheduler is stepped once per optimizer step by us (not prepared: accelerate
+        # would step it once per process).
+        self.policy.denoiser, self.optimizer = self.accelerator.prepare(
+            self.policy.denoiser, self.optimizer
+        )
+
+        self.iteration = 0
+        self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
+        self.last_checkpoint_iter = -1
+        self.writer: MetricWriter | None = None
+        if resume_from is not None:
+            self.resume(resume_from)
+
+    # ------------------------------------------------------------------ main loop
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def train(self) -> None:
+        self.call_hooks("before_run")
+        bar = tqdm(range(self.iteration, self.max_iters), initial=self.iteration,
+                   total=self.max_iters, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        for iteration in bar:
+            metrics = self.train_iteration(iteration)
+            self.iteration = iteration + 1
+            self.call_hooks("after_iter", metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", loss=f"{metrics['losses/loss']:.2e}")
+        self.call_hooks("after_run")
+        self.accelerator.wait_for_everyone()
+
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """One iteration: sample rollouts, score leaves, compute advantages, update the policy."""
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        prompts = self.prompts_for(iteration)
+        plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
+
+        with timer(times, "sample"):
+            self.policy.denoiser.eval()
+            rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan,
+                                          self.generator("sample", iteration))
+        with timer(times, "reward"):
+            rewards = self.score(rollout.images, rollout.leaf_prompts)
+            all_rewards = self.accelerator.gather(rewards.to(self.device)).float().cpu()
+        advantages = self.advantage(rollout, rewards)
+        with timer(times, "update"):
+            update_stats = self.update(rollout, advantages, iteration)
+
+        edges = int((rollout.parent >= 0).sum()) * self.world_size
+        self.counters["nfe_sample"] += rollout.nfe * self.world_size
+        self.counters["nfe_update"] += update_stats.pop("nfe") * self.world_size
+        self.counters["edges"] += edges
+        times["iter"] = time.perf_counter() - start
+        self.counters["wall_time"] += times["iter"]
+        return {
+            "reward/mean": all_rewards.mean().item(),
+            "reward/std": all_rewards.std(unbiased=False).item(),
+            "reward/min": all_rewards.min().item(),
+            "reward/max": all_rewards.max().item(),
+            "adv/zero_std_groups": advantages.zero_std_groups,
+            "adv/abs_mean": advantages.node[rollout.edge_nodes].abs().mean().item(),
+            "rollout/window_start": plan.start,
+            "rollout/leaves": int(rollout.leaf_nodes.numel()) * self.world_size,
+            "rollout/edges": edges,
+            "rollout/nfe": rollout.nfe * self.world_size,
+            **update_stats,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"time/{key}": value for key, value in times.items()},
+            **{f"charts/{key}": value for key, value in self.counters.items()},
+        }
+
+    # ------------------------------------------------------------------ pieces of an iteration
+    def prompts_for(self, iteration: int) -> list[str]:
+        """This rank's share of the iteration's prompt batch (the same global batch on all ranks)."""
+        gen = self.generator("prompts", iteration, rank=0)
+        indices = torch.randint(len(self.train_dataset), (self.prompts_per_iter,), generator=gen)
+        return [self.train_dataset[i] for i in indices[self.rank :: self.world_size].tolist()]
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Reward of each leaf [L]; a bad reward on any rank stops every rank with its message."""
+        error = ""
+        try:
+            rewards = check_rewards(self.reward(images, prompts), len(prompts), self.reward_name)
+        except RewardError as exc:
+            error, rewards = str(exc), torch.zeros(len(prompts))
+        failed = self.accelerator.gather(torch.tensor([float(bool(error))], device=self.device))
+        if failed.sum() > 0:
+            raise RewardError(error or f"reward {self.reward_name!r} failed on another process")
+        return rewards
+
+    def update(self, rollout, advantages, iteration: int) -> dict[str, float]:
+        """Clipped-ratio policy update over all edges, grouped by parent (one forward per parent)."""
+        cfg = self.update_cfg
+        model = self.policy.denoiser
+        model.train()
+        parents = rollout.parent_nodes
+        stats: dict[str, list[float]] = defaultdict(list)
+        nfe_before = self.policy.nfe
+        shuffle = self.generator("shuffle", iteration)
+        for epoch in range(cfg["num_inner_epochs"]):
+            order = parents[torch.randperm(parents.numel(), generator=shuffle).to(parents.device)]
+            for minibatch in order.chunk(cfg["num_minibatches"]):
+                num_edges = int(torch.isin(rollout.parent, minibatch).sum())
+                micro_batches = minibatch.split(cfg["micro_batch_size"])
+                for j, micro in enumerate(micro_batches):
+                    last = j == len(micro_batches) - 1
+                    sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+                    with sync:
+                        batch = edge_log_probs(self.policy, self.kernel, rollout, micro,
+                                               with_kl=self.loss.needs_reference)
+                        loss, loss_stats = self.loss(batch.log_prob, rollout.log_prob[batch.child],
+                                                     advantages.node[batch.child], batch.kl)
+                        self.accelerator.backward(loss * batch.child.numel() / num_edges)
+                    for key, value in loss_stats.items():
+                        stats[f"losses/{key}"].append(value)
+                    if "losses/onpolicy_ratio_max_dev" not in stats:  # before any optimizer step
+                        stats["losses/onpolicy_ratio_max_dev"].append(loss_stats["ratio_max_dev"])
+                grad_norm = self.accelerator.clip_grad_norm_(
+                    self.policy.trainable_parameters(), cfg["max_grad_norm"]
+                )
+                stats["update/grad_norm"].append(float(grad_norm))
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        result = {key: sum(values) / len(values) for key, values in stats.items()}
+        result["nfe"] = self.policy.nfe - nfe_before
+        result["update/nfe"] = result["nfe"] * self.world_size
+        return result
+
+    # ------------------------------------------------------------------ infrastructure
+    def generator(self, purpose: str, iteration: int, rank: int | None = None) -> torch.Generator:
+        """A generator seeded by (seed, iteration, rank, purpose); rank=0 gives all ranks the same."""
+        rank = self.rank if rank is None else rank
+        device = self.device if purpose == "sample" else "cpu"
+        return make_generator(device, self.seed, iteration, rank, PURPOSES[purpose])
+
+    def call_hooks(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def open_writer(self, tensorboard: bool = True) -> None:
+        if self.is_main and self.writer is None:
+            self.writer = MetricWriter(self.work_dir, tensorboard)
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def log(self, metrics: dict) -> None:
+        """Write metrics for the current iteration (main process; no-op without a LoggerHook)."""
+        if self.writer is not None:
+            self.writer.write(self.iteration, metrics)
+
+    def save_checkpoint(self) -> Path | None:
+        """Save the trainable weights, optimizer, lr scheduler, RNG and counters (main process)."""
+        self.accelerator.wait_for_everyone()
+        path = self.checkpoint_dir / f"iter_{self.iteration}"
+        if self.is_main:
+            training_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
+                    "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta)
+        self.last_checkpoint_iter = self.iteration
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
+        model_state, training_state, meta = load_checkpoint(path)
+        self.policy.load_trainable_state_dict(model_state)
+        self.optimizer.load_state_dict(training_state["optimizer"])
+        self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
+        torch.set_rng_state(training_state["torch_rng"])
+        self.iteration = int(meta["iteration"])
+        self.counters.update(meta.get("counters", {}))
+        self.last_checkpoint_iter = self.iteration
+
+
+def dump_config(cfg: Config, work_dir: Path) -> Path:
+    """Write the merged config to ``<work_dir>/config.py``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "config.py"
+    cfg.dump(str(path))
+    return path

@@ -1,0 +1,60 @@
+"""Recomputing edge log-probs for the policy update, grouped by parent.
+
+One model forward at a parent state gives the new log-probs of all its k child edges (the
+amortised update of TreeGRPO: k policy updates per forward). The math is the sampler's: the same
+kernel, the same levels and guidance, float32 step math.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kernels.gaussian import gaussian_kl_equal_std
+from .rollout import Rollout, index_cond
+
+
+@dataclass
+class EdgeBatch:
+    """New log-probs of the edges below a set of parents. E' edges, M' parents."""
+
+    child: torch.Tensor  # [E'] long, node id of each edge's child
+    log_prob: torch.Tensor  # [E'] log-prob under the current policy (with grad)
+    kl: torch.Tensor | None  # [E'] KL(current || reference) per edge, or None
+    forwards: int  # model rows evaluated (NFE of this batch, CFG counted twice)
+
+
+def children_of(parent: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges whose parent is in ``parents`` [M'].
+
+    Returns (child node ids [E'], slot [E'] = position of each child's parent in ``parents``).
+    """
+    order = torch.argsort(parents)
+    sorted_parents = parents[order]
+    is_child = torch.isin(parent, parents)
+    child = torch.nonzero(is_child).flatten()
+    slot = order[torch.searchsorted(sorted_parents, parent[child])]
+    return child, slot
+
+
+def edge_log_probs(
+    policy, kernel, rollout: Rollout, parents: torch.Tensor, with_kl: bool = False
+) -> EdgeBatch:
+    """One forward at the ``parents`` [M'] node states -> log-probs of all their child edges."""
+    nfe_before = policy.nfe
+    x = rollout.latents[parents]
+    step = rollout.step[parents]
+    cond = index_cond(rollout.cond, rollout.prompt_index[parents])
+    level = rollout.levels[step]
+    out = policy.predict(x, level, cond, rollout.guidance_scale)
+    child, slot = children_of(rollout.parent, parents)
+    x_next = rollout.latents[child]
+    log_prob = kernel.log_prob(x_next, x[slot], out[slot], rollout.levels, step[slot])
+    kl = None
+    if with_kl:
+        with torch.no_grad(), policy.reference():
+            out_ref = policy.predict(x, level, cond, rollout.guidance_scale)
+        mean, std = kernel.sde_mean_std(x, out, rollout.levels, step)
+        mean_ref, _ = kernel.sde_mean_std(x, out_ref, rollout.levels, step)
+        kl = gaussian_kl_equal_std(mean, mean_ref, std)[slot]
+    return EdgeBatch(child=child, log_prob=log_prob, kl=kl, forwards=policy.nfe - nfe_before)

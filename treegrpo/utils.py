@@ -1,0 +1,46 @@
+"""Small helpers with no better home: derived seeds, timers, image grids."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+PURPOSES = {"prompts": 0, "schedule": 1, "sample": 2, "shuffle": 3, "eval": 4}
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys (e.g. base seed, iteration, rank, purpose)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def make_generator(device: torch.device | str, *keys: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``derive_seed(*keys)``."""
+    return torch.Generator(device=device).manual_seed(derive_seed(*keys))
+
+
+@contextmanager
+def timer(times: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to ``times[key]`` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
+    """Images [B, 3, H, W] in [0, 1] -> one PIL RGB grid, ``nrow`` images per row."""
+    b, _, h, w = images.shape
+    ncol = min(nrow, b)
+    nrows = (b + ncol - 1) // ncol
+    canvas = torch.ones(3, nrows * (h + padding) + padding, ncol * (w + padding) + padding)
+    for i in range(b):
+        r, c = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        canvas[:, top : top + h, left : left + w] = images[i].detach().float().cpu().clamp(0, 1)
+    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
