@@ -1,0 +1,1 @@
+schedule = dict(type='FixedWindow', start=0, depth=3, k=2)

@@ -1,0 +1,1 @@
+"""Examples of user components registered from outside the treegrpo package."""

@@ -1,0 +1,95 @@
+"""The reward interface and the check every reward output goes through.
+
+A reward maps decoded images ``[L, 3, H, W]`` (float in [0, 1]) and their prompts (``L``
+strings) to one float score per image, ``[L]``. A reward that fails must stop the run:
+:func:`check_rewards` turns a malformed output into a :class:`RewardError` instead of letting
+NaNs or wrong shapes flow into the advantages.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+MAX_LISTED_INDICES = 10
+
+
+class RewardError(RuntimeError):
+    """A reward model returned something that is not one finite float per image."""
+
+
+class Reward:
+    """Base class of every reward. Subclasses implement ``__call__``.
+
+    ``__call__(images [L, 3, H, W] float in [0, 1], prompts: list[str] of length L) -> [L]``.
+    """
+
+    @property
+    def name(self) -> str:
+        """Name used in logs and error messages (the class name unless overridden)."""
+        return type(self).__name__
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def check_images(images: Any, prompts: list[str], reward_name: str) -> None:
+    """Validate reward inputs: images a [L, 3, H, W] floating tensor and L prompts."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{reward_name}: images must be a torch.Tensor, got {type(images).__name__}"
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"{reward_name}: images must have shape [L, 3, H, W], got {list(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{reward_name}: images must be a float tensor in [0, 1], got dtype {images.dtype}"
+        )
+    if len(prompts) != images.shape[0]:
+        raise ValueError(
+            f"{reward_name}: got {images.shape[0]} images but {len(prompts)} prompts"
+        )
+
+
+def _list_indices(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MAX_LISTED_INDICES])
+    return shown + (", ..." if len(indices) > MAX_LISTED_INDICES else "")
+
+
+def check_rewards(rewards: Any, num_images: int, reward_name: str) -> torch.Tensor:
+    """Check a reward output and return it as a float32 CPU tensor of shape [num_images].
+
+    Raises :class:`RewardError` naming ``reward_name`` when ``rewards`` is not a tensor, has
+    another shape than ``[num_images]``, or holds NaN / inf values (their count and indices).
+    """
+    if not isinstance(rewards, torch.Tensor):
+        raise RewardError(
+            f"reward {reward_name!r} returned {type(rewards).__name__}, expected a torch.Tensor "
+            f"of shape [{num_images}]"
+        )
+    if tuple(rewards.shape) != (num_images,):
+        raise RewardError(
+            f"reward {reward_name!r} returned shape {list(rewards.shape)}, expected "
+            f"[{num_images}] (one score per image)"
+        )
+    if rewards.is_complex():
+        raise RewardError(f"reward {reward_name!r} returned complex values ({rewards.dtype})")
+    values = rewards.detach().to(device="cpu", dtype=torch.float32)
+    nan = torch.nonzero(torch.isnan(values)).flatten().tolist()
+    inf = torch.nonzero(torch.isinf(values)).flatten().tolist()
+    if nan or inf:
+        parts = []
+        if nan:
+            parts.append(f"{len(nan)} NaN at indices [{_list_indices(nan)}]")
+        if inf:
+            parts.append(f"{len(inf)} inf at indices [{_list_indices(inf)}]")
+        raise RewardError(
+            f"reward {reward_name!r} returned non-finite values for {len(nan) + len(inf)} of "
+            f"{num_images} images: " + "; ".join(parts)
+        )
+    return values
