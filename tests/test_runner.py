@@ -140,3 +140,24 @@ def test_cfg_options_and_seed_override(tmp_path):
     assert runner.seed == 11 and runner.iteration == 1 and runner.sampler.num_steps == 4
     dumped = (tmp_path / "run" / "config.py").read_text()
     assert "max_iters = 1" in dumped and "seed = 11" in dumped
+
+
+def test_plugin_reward_from_custom_imports_trains(tmp_path):
+    """A reward registered outside the package (plugins/) is used through custom_imports."""
+    extra = ("custom_imports = dict(imports=['plugins.example_reward'], allow_failed_imports=False)\n"
+             "reward = dict(type='BrightnessReward', target=0.9)\n")
+    config = write_config(tmp_path, extra=extra)
+    runner = train_main([config, "--work-dir", str(tmp_path / "run")])
+    assert type(runner.reward).__name__ == "BrightnessReward" and runner.reward.target == 0.9
+    records = read_log(tmp_path / "run")
+    assert len(records) == 2 and records[0]["reward/mean"] <= 0  # -|brightness - target|
+
+
+def test_config_inheritance_changes_one_key(tmp_path):
+    write_config(tmp_path, name="base.py")
+    child = tmp_path / "child.py"
+    child.write_text("_base_ = ['./base.py']\nschedule = dict(k=3)\nmax_iters = 1\n")
+    runner = train_main([str(child), "--work-dir", str(tmp_path / "run")])
+    assert runner.schedule.k == 3 and runner.schedule.depth == 2
+    records = read_log(tmp_path / "run")
+    assert records[0]["rollout/leaves"] == 2 * 3**2

@@ -109,6 +109,7 @@ class Runner:
         return self.accelerator.is_main_process
 
     def train(self) -> None:
+        self.open_writer()
         self.call_hooks("before_run")
         bar = tqdm(range(self.iteration, self.max_iters), initial=self.iteration,
                    total=self.max_iters, disable=not self.is_main, desc="train", dynamic_ncols=True)
@@ -118,6 +119,7 @@ class Runner:
             self.call_hooks("after_iter", metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", loss=f"{metrics['losses/loss']:.2e}")
         self.call_hooks("after_run")
+        self.close_writer()
         self.accelerator.wait_for_everyone()
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
@@ -230,9 +232,10 @@ class Runner:
         for hook in self.hooks:
             getattr(hook, event)(self, *args)
 
-    def open_writer(self, tensorboard: bool = True) -> None:
+    def open_writer(self) -> None:
+        """``log.jsonl`` (+ tensorboard unless ``tensorboard = False``) in the work dir, main only."""
         if self.is_main and self.writer is None:
-            self.writer = MetricWriter(self.work_dir, tensorboard)
+            self.writer = MetricWriter(self.work_dir, self.cfg.get("tensorboard", True))
 
     def close_writer(self) -> None:
         if self.writer is not None:
@@ -240,7 +243,7 @@ class Runner:
             self.writer = None
 
     def log(self, metrics: dict) -> None:
-        """Write metrics for the current iteration (main process; no-op without a LoggerHook)."""
+        """Write metrics for the current iteration to the log (main process only)."""
         if self.writer is not None:
             self.writer.write(self.iteration, metrics)
 

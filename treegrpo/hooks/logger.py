@@ -40,22 +40,16 @@ class MetricWriter:
 
 @HOOKS.register_module()
 class LoggerHook(Hook):
-    """Write the iteration metrics every ``interval`` iterations."""
+    """Write the iteration metrics every ``interval`` iterations (the runner owns the files;
+    ``tensorboard`` in the config switches the tensorboard mirror)."""
 
     priority = 80
 
-    def __init__(self, interval: int = 1, tensorboard: bool = True):
+    def __init__(self, interval: int = 1):
         if interval < 1:
             raise ValueError(f"LoggerHook interval must be >= 1, got {interval}")
         self.interval = interval
-        self.tensorboard = tensorboard
-
-    def before_run(self, runner) -> None:
-        runner.open_writer(self.tensorboard)
 
     def after_iter(self, runner, metrics: dict) -> None:
         if runner.iteration % self.interval == 0 or runner.iteration == runner.max_iters:
             runner.log(metrics)
-
-    def after_run(self, runner) -> None:
-        runner.close_writer()
