@@ -134,8 +134,8 @@ class Runner:
             rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan,
                                           self.generator("sample", iteration))
         with timer(times, "reward"):
-            rewards = self.score(rollout.images, rollout.leaf_prompts)
-            all_rewards = self.accelerator.gather(rewards.to(self.device)).float().cpu()
+            rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
+            all_rewards = self.accelerator.gather(rewards).float().cpu()
         advantages = self.advantage(rollout, rewards)
         with timer(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)

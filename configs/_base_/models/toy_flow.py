@@ -3,4 +3,4 @@
 policy = dict(type='ToyFlowPolicy', weights=None, sigma_shift=1.0)
 kernel = dict(type='FlowMatchingKernel', eta=0.7)
 train_dataset = dict(type='ToyShapesPrompts', num_prompts=2000, seed=0, split='train')
-eval_dataset = dict(type='ToyShapesPrompts', num_prompts=64, seed=0, split='eval')
+eval_dataset = dict(type='ToyShapesPrompts', num_prompts=180, seed=0, split='eval')  # the whole eval split
