@@ -8,12 +8,15 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 
-max_iters = 700
+max_iters = 600
 prompts_per_iter = 16
 # Full fine-tuning of the 0.77M-parameter denoiser: lr 3e-4 collapses the reward, 1e-4 climbs.
 optimizer = dict(lr=1e-4)
 update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64)
-loss = dict(clip_range=1e-3)
+# Without the KL term the reward also rises by hacking the classifier with a 2-pixel checkerboard
+# (visible in the eval grids from ~100 iterations); beta=0.1 keeps images clean, beta=1 stalls.
+policy = dict(keep_reference=True)
+loss = dict(clip_range=1e-3, beta=0.1)
 # Layout (where and how big the shape is) is decided in the first steps: branch there.
 schedule = dict(start_range=(0, 3))
 
