@@ -28,13 +28,19 @@ def noise_images(num: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def test_reward_base_name_and_abstract_call():
-    class MyReward(Reward):
+    class Incomplete(Reward):
         pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+
+    class MyReward(Reward):
+        def __call__(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
 
     reward = MyReward()
     assert reward.name == "MyReward"
-    with pytest.raises(NotImplementedError, match="MyReward"):
-        reward(torch.zeros(1, 3, 2, 2), ["p"])
+    assert reward(torch.ones(2, 3, 2, 2), ["p", "q"]).tolist() == [1.0, 1.0]
 
 
 def test_check_rewards_returns_float32_cpu():

@@ -4,6 +4,7 @@ Every function returns one value per batch row (shape ``[B]``) in float32.
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -84,7 +85,7 @@ def levels_at(
     return levels[step], levels[step + 1]
 
 
-class GaussianKernel:
+class GaussianKernel(abc.ABC):
     """Base of the stochastic transition kernels: x_next ~ N(mean, std^2) per element.
 
     Subclasses implement :meth:`ode_step` and :meth:`sde_mean_std`; sampling and the log-prob are
@@ -94,17 +95,17 @@ class GaussianKernel:
 
     eta: float
 
+    @abc.abstractmethod
     def ode_step(
         self, x: torch.Tensor, model_output: torch.Tensor, levels: torch.Tensor, step: torch.Tensor
     ) -> torch.Tensor:
         """Deterministic step -> x_next [B, C, H, W] float32."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sde_mean_std(
         self, x: torch.Tensor, model_output: torch.Tensor, levels: torch.Tensor, step: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mean [B, C, H, W], std [B, 1, 1, 1]), float32."""
-        raise NotImplementedError
 
     def _check_stochastic(self) -> None:
         if self.eta <= 0:

@@ -5,6 +5,7 @@ noise schedule. Samplers and the update step talk to the model only through thes
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Iterator
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 
-class Policy(nn.Module):
+class Policy(nn.Module, abc.ABC):
     """Base class: a text-conditional denoiser plus everything needed to use it.
 
     Subclasses set ``self.denoiser`` (the ``nn.Module`` that is trained and wrapped by
@@ -28,25 +29,25 @@ class Policy(nn.Module):
         self.nfe = 0
 
     # --- conditioning -------------------------------------------------------------------
+    @abc.abstractmethod
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Prompts -> conditioning dict of tensors, each [P, ...] (no grad)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
         """Unconditional (empty prompt) conditioning for CFG, each tensor [B, ...]."""
-        raise NotImplementedError
 
     # --- schedule -----------------------------------------------------------------------
+    @abc.abstractmethod
     def noise_levels(self, num_steps: int) -> torch.Tensor:
         """[T+1] float32 noise levels of a T-step schedule (sigmas 1 -> 0 for flow models)."""
-        raise NotImplementedError
 
     # --- model --------------------------------------------------------------------------
+    @abc.abstractmethod
     def model_output(
         self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """One raw denoiser forward. latents [B, C, H, W], level [B] -> output [B, C, H, W]."""
-        raise NotImplementedError
 
     def predict(
         self,
@@ -68,9 +69,9 @@ class Policy(nn.Module):
         uncond, conditional = out.chunk(2)
         return uncond + guidance_scale * (conditional - uncond)
 
+    @abc.abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] -> images [B, 3, H, W] float in [0, 1]."""
-        raise NotImplementedError
 
     # --- training -----------------------------------------------------------------------
     def unwrapped_denoiser(self) -> nn.Module:

@@ -7,6 +7,7 @@ NaNs or wrong shapes flow into the advantages.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ class RewardError(RuntimeError):
     """A reward model returned something that is not one finite float per image."""
 
 
-class Reward:
+class Reward(abc.ABC):
     """Base class of every reward. Subclasses implement ``__call__``.
 
     ``__call__(images [L, 3, H, W] float in [0, 1], prompts: list[str] of length L) -> [L]``.
@@ -29,8 +30,9 @@ class Reward:
         """Name used in logs and error messages (the class name unless overridden)."""
         return type(self).__name__
 
+    @abc.abstractmethod
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__")
+        """images [L, 3, H, W] float in [0, 1], L prompts -> rewards [L] float."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -6,6 +6,7 @@ ODE prefix and the steps after are the ODE suffix of every leaf.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -62,18 +63,18 @@ class BranchPlan:
         return sum(self.k**level for level in range(1, self.depth + 1))
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """Base class: ``plan(iteration, num_steps, generator) -> BranchPlan``."""
 
     def __init__(self, depth: int, k: int) -> None:
         self.depth = _check_int("depth", depth, 1)
         self.k = _check_int("k", k, 1)
 
+    @abc.abstractmethod
     def plan(
         self, iteration: int, num_steps: int, generator: torch.Generator | None = None
     ) -> BranchPlan:
         """The window of training iteration ``iteration`` for a ``num_steps``-step sampler."""
-        raise NotImplementedError
 
     def _start_bounds(
         self, num_steps: int, start_range: tuple[int, int] | None
