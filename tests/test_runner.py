@@ -48,6 +48,7 @@ def test_training_writes_logs_checkpoints_and_changes_weights(tmp_path, sampler,
     work = tmp_path / "run"
     runner = train_main([config, "--work-dir", str(work)])
     assert (work / "config.py").is_file()
+    assert list((work / "tensorboard").glob("events.out.tfevents.*"))
     records = read_log(work)
     assert [r["iter"] for r in records] == [1, 2]
     for key in ("reward/mean", "rollout/nfe", "update/nfe", "rollout/edges", "losses/policy_loss",
@@ -161,3 +162,19 @@ def test_config_inheritance_changes_one_key(tmp_path):
     assert runner.schedule.k == 3 and runner.schedule.depth == 2
     records = read_log(tmp_path / "run")
     assert records[0]["rollout/leaves"] == 2 * 3**2
+
+
+def test_resume_auto_finds_the_newest_run(tmp_path, monkeypatch):
+    import tools.train as train_tool
+
+    monkeypatch.setattr(train_tool, "ROOT", tmp_path)
+    config = write_config(tmp_path, name="auto_cfg.py", iters=2)
+    monkeypatch.setenv("TREEGRPO_RUN_STAMP", "20260101_000000")
+    first = train_main([config])
+    run_dir = tmp_path / "work_dirs" / "auto_cfg" / "20260101_000000"
+    assert first.work_dir == run_dir and (run_dir / "checkpoints" / "iter_2").is_dir()
+    resumed = train_main([config, "--resume", "--cfg-options", "max_iters=3"])
+    assert resumed.work_dir == run_dir and resumed.iteration == 3
+    assert [r["iter"] for r in read_log(run_dir)] == [1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="found no checkpoint under work_dirs/other"):
+        train_tool.find_resume("other", "auto")
