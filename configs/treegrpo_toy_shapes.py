@@ -1,5 +1,6 @@
 # TreeGRPO on the embedded toy world (CPU): the README's main command.
-# 16 prompts x one binary tree of depth 3 = 128 leaves and 112 trained edges per iteration.
+# 16 prompts x one binary tree of depth 3 = 128 leaves, 224 trained edges and 112 parent forwards
+# per iteration.
 _base_ = [
     './_base_/models/toy_flow.py',
     './_base_/rewards/toy_alignment.py',

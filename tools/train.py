@@ -51,10 +51,16 @@ def load_config(path: str, options: dict, seed: int | None = None) -> Config:
     return cfg
 
 
-def find_resume(config_name: str, resume: str) -> Path:
-    """The checkpoint to resume from: newest of this config's runs for 'auto', else the path."""
+def find_resume(config_name: str, resume: str, work_dir: str | None = None) -> Path:
+    """The checkpoint to resume from. 'auto': the newest in ``work_dir`` when given, else in the
+    newest run of this config under work_dirs/; otherwise ``resume`` is a run or checkpoint path."""
     if resume != "auto":
         return resolve_checkpoint(resume)
+    if work_dir is not None:
+        found = list_checkpoints(work_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume auto found no checkpoint under {work_dir}/checkpoints/")
+        return found[-1]
     runs = sorted((ROOT / "work_dirs" / config_name).glob("*"))
     for run in reversed(runs):
         found = list_checkpoints(run)
@@ -67,7 +73,7 @@ def main(argv=None) -> Runner:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.seed)
     config_name = Path(args.config).stem
-    resume_from = find_resume(config_name, args.resume) if args.resume else None
+    resume_from = find_resume(config_name, args.resume, args.work_dir) if args.resume else None
     if args.work_dir:
         work_dir = Path(args.work_dir)
     elif resume_from is not None:

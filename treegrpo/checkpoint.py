@@ -3,7 +3,7 @@
 Layout of ``checkpoints/iter_<n>/``:
 - ``model.safetensors``: the policy's trainable tensors (full weights or LoRA);
 - ``training_state.pt``: optimizer, lr scheduler and RNG states (loaded with ``weights_only=True``);
-- ``meta.json``: iteration, counters and the config name.
+- ``meta.json``: iteration, seed, world size, counters and the config file.
 A checkpoint is written to a temporary folder beside its final name and renamed when complete,
 so an interrupted save never leaves a half-written ``iter_<n>``.
 """
@@ -38,9 +38,11 @@ def save_checkpoint(
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         torch.save(training_state, tmp / "training_state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.with_name(final.name + f".old-{os.getpid()}")
+        if final.exists():  # re-saving an iteration: keep the old copy until the new one is in place
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

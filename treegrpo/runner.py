@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -171,15 +172,18 @@ class Runner:
         return [self.train_dataset[i] for i in indices[self.rank :: self.world_size].tolist()]
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Reward of each leaf [L]; a bad reward on any rank stops every rank with its message."""
-        error = ""
+        """Reward of each leaf [L]. A reward that fails or returns a wrong shape, NaN or inf on any
+        process stops every process (the failing one re-raises its own error; none hangs)."""
+        error: Exception | None = None
         try:
             rewards = check_rewards(self.reward(images, prompts), len(prompts), self.reward_name)
-        except RewardError as exc:
-            error, rewards = str(exc), torch.zeros(len(prompts))
-        failed = self.accelerator.gather(torch.tensor([float(bool(error))], device=self.device))
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error, rewards = exc, torch.zeros(len(prompts))
+        failed = self.accelerator.gather(torch.tensor([float(error is not None)], device=self.device))
+        if error is not None:
+            raise error
         if failed.sum() > 0:
-            raise RewardError(error or f"reward {self.reward_name!r} failed on another process")
+            raise RewardError(f"reward {self.reward_name!r} failed on another process")
         return rewards
 
     def update(self, rollout, advantages, iteration: int) -> dict[str, float]:
@@ -204,6 +208,11 @@ class Runner:
                                                with_kl=self.loss.needs_reference)
                         loss, loss_stats = self.loss(batch.log_prob, rollout.log_prob[batch.child],
                                                      advantages.node[batch.child], batch.kl)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"non-finite loss {loss.item()} at iteration {iteration + 1}: "
+                                f"check the rewards, the learning rate and mixed precision"
+                            )
                         self.accelerator.backward(loss * batch.child.numel() / num_edges)
                     for key, value in loss_stats.items():
                         stats[f"losses/{key}"].append(value)
@@ -212,10 +221,15 @@ class Runner:
                 grad_norm = self.accelerator.clip_grad_norm_(
                     self.policy.trainable_parameters(), cfg["max_grad_norm"]
                 )
+                if not torch.isfinite(torch.as_tensor(grad_norm)):
+                    raise FloatingPointError(
+                        f"non-finite gradient norm at iteration {iteration + 1}; the weights "
+                        "were not updated and no checkpoint is written for this iteration"
+                    )
                 stats["update/grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
-                self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()  # once per iteration: lr_warmup_iters counts iterations
         result = {key: sum(values) / len(values) for key, values in stats.items()}
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
@@ -258,6 +272,7 @@ class Runner:
                 "torch_rng": torch.get_rng_state(),
             }
             meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
+                    "config": self.cfg.filename,
                     "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
             save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta)
         self.last_checkpoint_iter = self.iteration
@@ -271,6 +286,13 @@ class Runner:
         self.optimizer.load_state_dict(training_state["optimizer"])
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         torch.set_rng_state(training_state["torch_rng"])
+        if meta.get("seed") != self.seed or meta.get("world_size") != self.world_size:
+            warnings.warn(
+                f"resuming a checkpoint made with seed={meta.get('seed')}, "
+                f"world_size={meta.get('world_size')} under seed={self.seed}, "
+                f"world_size={self.world_size}: the run will not continue bit-identically",
+                stacklevel=2,
+            )
         self.iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
         self.last_checkpoint_iter = self.iteration

@@ -56,7 +56,7 @@ class EvalHook(Hook):
 
     def after_iter(self, runner, metrics: dict) -> None:
         if runner.iteration % self.interval == 0:
-            metrics.update(self.evaluate(runner))
+            runner.log(self.evaluate(runner))  # own log line: independent of LoggerHook's interval
 
     def after_run(self, runner) -> None:
         if self.last_eval_iter != runner.iteration:
