@@ -1,4 +1,4 @@
-"""Every shipped config loads, builds and trains for two iterations on the real toy world."""
+"""Every shipped config (ablations included) loads, builds and trains for two iterations on the\nreal toy world."""
 import json
 from pathlib import Path
 
@@ -8,9 +8,10 @@ import torch
 from tools.train import load_config, main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.py"))
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "configs").glob("*.py"),
+                                                      *(ROOT / "configs" / "ablations").glob("*.py")])
 SMALL = ["max_iters=2", "prompts_per_iter=2", "hooks.1.num_prompts=4", "hooks.1.interval=2",
-         "sampler.num_steps=6", "schedule.start_range=(0,2)"]
+         "sampler.num_steps=6"]
 
 
 def test_main_configs_exist():

@@ -67,7 +67,7 @@ def test_tree_leaves_share_prefix_and_eta_zero_gives_equal_leaves(tiny_policy):
     assert not torch.equal(noisy.images[0], noisy.images[1])
     roots = torch.nonzero(noisy.parent == -1).flatten()
     assert torch.equal(noisy.latents[roots], rollout.latents[roots])  # prefix independent of eta
-    # the k children of one parent share its model output and differ only by their noise
+    # the k children of one parent are drawn with different noise
     first_children = torch.nonzero(noisy.parent == roots[0]).flatten()
     assert first_children.numel() == 3
     assert not torch.equal(noisy.latents[first_children[0]], noisy.latents[first_children[1]])

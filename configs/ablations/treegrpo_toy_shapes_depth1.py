@@ -1,0 +1,4 @@
+# Ablation: tree depth (SDE window) d = 1 (base: 3).
+_base_ = ['../treegrpo_toy_shapes.py']
+
+schedule = dict(depth=1)
