@@ -314,3 +314,18 @@ def test_kernels_build_from_registry():
     ddim = build(KERNELS, dict(type="DDIMKernel", eta=0.5, prediction_type="v_prediction"))
     assert isinstance(flow, FlowMatchingKernel) and flow.eta == 0.3
     assert isinstance(ddim, DDIMKernel) and ddim.prediction_type == "v_prediction"
+
+
+def test_predict_x0_inverts_the_forward_process():
+    """x_t built from a known x0 and noise gives back x0 with the exact model output."""
+    x0, eps = _rand(*SHAPE, seed=21), _rand(*SHAPE, seed=22)
+    sigma = torch.tensor([0.9, 0.5, 0.2])
+    x_t = (1 - sigma)[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
+    levels = torch.tensor([1.0, 0.9, 0.5, 0.2, 0.0])
+    got = FlowMatchingKernel(0.7).predict_x0(x_t, eps - x0, levels, torch.tensor([1, 2, 3]))
+    torch.testing.assert_close(got, x0, rtol=1e-5, atol=1e-5)
+    alpha_bar = torch.tensor([0.3, 0.6, 0.9])
+    x_t = alpha_bar.sqrt()[:, None, None, None] * x0 + (1 - alpha_bar).sqrt()[:, None, None, None] * eps
+    ddim_levels = torch.tensor([0.3, 0.6, 0.9, 1.0])
+    got = DDIMKernel(1.0).predict_x0(x_t, eps, ddim_levels, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(got, x0, rtol=1e-5, atol=1e-5)

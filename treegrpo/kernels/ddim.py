@@ -58,6 +58,13 @@ def ddim_ode_step(
     return mean
 
 
+def ddim_predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """Clean-sample estimate ``x0 = (x - sqrt(1 - a) eps) / sqrt(a)``. x, eps [B, C, H, W]."""
+    x = x.float()
+    a = per_row(alpha_bar, x)
+    return (x - torch.sqrt(1.0 - a) * eps.float()) / torch.sqrt(a)
+
+
 @KERNELS.register_module()
 class DDIMKernel(GaussianKernel):
     """DDIM kernel over an alpha_bar schedule ``levels`` [T+1] (increasing; ``levels[T]`` is the
@@ -95,6 +102,12 @@ class DDIMKernel(GaussianKernel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, a_prev = levels_at(levels, step, x.device)
         return ddim_mean_std(x, self._eps(x, model_output, a), a, a_prev, self.eta)
+
+    def predict_x0(
+        self, x: torch.Tensor, model_output: torch.Tensor, levels: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        a = levels.to(x.device)[step]
+        return ddim_predict_x0(x, self._eps(x, model_output, a), a)
 
     def __repr__(self) -> str:
         return f"DDIMKernel(eta={self.eta}, prediction_type={self.prediction_type!r})"

@@ -52,6 +52,12 @@ def flow_sde_mean_std(
     return mean, std
 
 
+def flow_predict_x0(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Clean-sample estimate ``x0 = x - sigma v`` (for previews). x, v [B, C, H, W]."""
+    x = x.float()
+    return x - per_row(sigma, x) * v.float()
+
+
 def first_level_below_one(levels: torch.Tensor) -> torch.Tensor:
     """0-dim float32: the first entry of the [T+1] sigma schedule that is < 1 (no host sync)."""
     levels = levels.float()
@@ -83,6 +89,11 @@ class FlowMatchingKernel(GaussianKernel):
         sigma, sigma_next = levels_at(levels, step, x.device)
         sigma_max = first_level_below_one(levels.to(x.device))
         return flow_sde_mean_std(x, model_output, sigma, sigma_next, self.eta, sigma_max)
+
+    def predict_x0(
+        self, x: torch.Tensor, model_output: torch.Tensor, levels: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        return flow_predict_x0(x, model_output, levels.to(x.device)[step])
 
     def __repr__(self) -> str:
         return f"FlowMatchingKernel(eta={self.eta})"

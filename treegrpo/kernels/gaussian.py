@@ -107,6 +107,12 @@ class GaussianKernel(abc.ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (mean [B, C, H, W], std [B, 1, 1, 1]), float32."""
 
+    @abc.abstractmethod
+    def predict_x0(
+        self, x: torch.Tensor, model_output: torch.Tensor, levels: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        """Clean-sample estimate [B, C, H, W] at each row's step (for previews)."""
+
     def _check_stochastic(self) -> None:
         if self.eta <= 0:
             raise ValueError(

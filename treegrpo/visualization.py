@@ -1,0 +1,129 @@
+"""Pictures of branched denoising: one tree, its node previews, leaf images, rewards, advantages.
+
+Plain functions returning PIL images, shared by ``tools/visualize_tree.py`` and the ComfyUI pack.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .rollout import Rollout
+
+
+def _to_pil(image: torch.Tensor, size: int) -> Image.Image:
+    """[3, H, W] in [0, 1] -> RGB PIL image of ``size`` x ``size`` (nearest, keeps pixels crisp)."""
+    array = (image.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array, "RGB").resize((size, size), Image.NEAREST)
+
+
+def tree_layout(parent: list[int]) -> tuple[list[float], list[int]]:
+    """x position (leaf order, leaves at 0, 1, 2, ...) and depth of every node of one tree.
+
+    Parents come before children; a parent sits at the mean x of its children.
+    """
+    n = len(parent)
+    children: list[list[int]] = [[] for _ in range(n)]
+    depth = [0] * n
+    for node, par in enumerate(parent):
+        if par >= 0:
+            children[par].append(node)
+            depth[node] = depth[par] + 1
+    x = [0.0] * n
+    next_leaf = 0
+
+    def place(node: int) -> float:
+        nonlocal next_leaf
+        if not children[node]:
+            x[node] = float(next_leaf)
+            next_leaf += 1
+        else:
+            x[node] = sum(place(c) for c in children[node]) / len(children[node])
+        return x[node]
+
+    for root in (i for i, p in enumerate(parent) if p < 0):
+        place(root)
+    return x, depth
+
+
+def draw_tree(
+    parent: list[int],
+    node_previews: torch.Tensor,
+    leaf_nodes: list[int],
+    leaf_images: torch.Tensor,
+    leaf_rewards: list[float],
+    node_advantages: list[float],
+    thumb: int = 64,
+    title: str = "",
+) -> Image.Image:
+    """Draw one tree top-down.
+
+    Args:
+        parent: [N] parent of each node (-1 for the root), parents first.
+        node_previews: [N, 3, H, W] in [0, 1], the predicted clean image at each node.
+        leaf_nodes: [L] node index of each leaf; leaf_images [L, 3, H, W] the finished samples.
+        leaf_rewards: [L] reward of each leaf; node_advantages: [N] advantage of the edge into
+            each node (written on the edge; leaves also show it under their image).
+    Returns an RGB image: node previews on depth rows, edges parent -> child labelled with the
+    child's advantage, and below every leaf its finished image with ``r=`` and ``A=``.
+    """
+    x, depth = tree_layout(parent)
+    font = ImageFont.load_default()
+    gap, label_h, top = thumb // 2, 28, 24 if title else 8
+    col_w = thumb + gap
+    max_depth = max(depth)
+    width = int(max(x) + 1) * col_w + gap
+    row_h = thumb + 2 * label_h
+    height = top + (max_depth + 2) * row_h + label_h
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, 6), title, fill="black", font=font)
+
+    def box(node: int) -> tuple[int, int]:  # top-left corner of a node's preview
+        return int(gap + x[node] * col_w), int(top + depth[node] * row_h)
+
+    for node, par in enumerate(parent):
+        if par < 0:
+            continue
+        (px, py), (cx, cy) = box(par), box(node)
+        start, end = (px + thumb // 2, py + thumb), (cx + thumb // 2, cy)
+        adv = node_advantages[node]
+        draw.line([start, end], fill=(0, 140, 0) if adv >= 0 else (200, 0, 0), width=2)
+        mid = ((start[0] + end[0]) // 2 + 3, (start[1] + end[1]) // 2 - 6)
+        draw.text(mid, f"{adv:+.2f}", fill="black", font=font)
+    for node in range(len(parent)):
+        canvas.paste(_to_pil(node_previews[node], thumb), box(node))
+    for i, node in enumerate(leaf_nodes):
+        bx, by = box(node)
+        final_y = by + row_h
+        draw.line([(bx + thumb // 2, by + thumb), (bx + thumb // 2, final_y)], fill="gray", width=1)
+        canvas.paste(_to_pil(leaf_images[i], thumb), (bx, final_y))
+        draw.text((bx, final_y + thumb + 2), f"r={leaf_rewards[i]:.3f}", fill="black", font=font)
+        draw.text((bx, final_y + thumb + 14), f"A={node_advantages[node]:+.2f}", fill="black", font=font)
+    return canvas
+
+
+def subtree(rollout: Rollout, prompt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nodes of one prompt's tree. Returns (node ids [n], parent re-indexed [n], leaf rows [l])
+    where leaf rows index ``rollout.leaf_nodes`` / ``rollout.images``."""
+    nodes = torch.nonzero(rollout.prompt_index == prompt).flatten()
+    remap = {int(n): i for i, n in enumerate(nodes.tolist())}
+    parent = torch.tensor([remap.get(int(p), -1) for p in rollout.parent[nodes].tolist()])
+    leaf_rows = torch.nonzero(torch.isin(rollout.leaf_nodes, nodes)).flatten()
+    return nodes, parent, leaf_rows
+
+
+@torch.no_grad()
+def node_previews(policy, kernel, rollout: Rollout) -> torch.Tensor:
+    """Predicted clean image of every node, decoded: [N, 3, H, W] in [0, 1] (one batched forward;
+    nodes already at the last step are decoded as they are). Does not count towards NFE."""
+    nfe_before = policy.nfe
+    last = rollout.levels.numel() - 1
+    step = rollout.step.clamp(max=last - 1)
+    cond = {k: v[rollout.prompt_index] for k, v in rollout.cond.items()}
+    out = policy.predict(rollout.latents, rollout.levels[step], cond, rollout.guidance_scale)
+    x0 = kernel.predict_x0(rollout.latents, out, rollout.levels, step)
+    done = (rollout.step >= last).view(-1, *([1] * (x0.dim() - 1)))
+    x0 = torch.where(done, rollout.latents.float(), x0)
+    policy.nfe = nfe_before
+    return policy.decode(x0).float()
