@@ -217,3 +217,12 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
     config = write_config(tmp_path, extra="loss = dict(type='NaNLoss')\n")
     with pytest.raises(FloatingPointError, match="non-finite loss nan at iteration 1"):
         train_main([config, "--work-dir", str(tmp_path / "run")])
+
+
+def test_nfe_budget_stops_training(tmp_path):
+    config = write_config(tmp_path, iters=50, extra="max_nfe = 100\n")
+    runner = train_main([config, "--work-dir", str(tmp_path / "run")])
+    records = read_log(tmp_path / "run")
+    spent = [r["charts/nfe_sample"] + r["charts/nfe_update"] for r in records]
+    assert spent[-1] >= 100 and spent[-2] < 100  # stopped right after crossing the budget
+    assert runner.iteration == len(records) < 50

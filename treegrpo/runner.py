@@ -64,6 +64,9 @@ class Runner:
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.seed = int(cfg.get("seed", 0))
         self.max_iters = int(cfg.max_iters)
+        # Optional budgets (benchmarks): stop once model forwards or training seconds reach them.
+        self.max_nfe = cfg.get("max_nfe")
+        self.max_wall_time = cfg.get("max_wall_time")
         self.prompts_per_iter = int(cfg.prompts_per_iter)
         if self.prompts_per_iter % self.world_size:
             raise ValueError(
@@ -119,9 +122,17 @@ class Runner:
             self.iteration = iteration + 1
             self.call_hooks("after_iter", metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", loss=f"{metrics['losses/loss']:.2e}")
+            if self.budget_spent():
+                break
         self.call_hooks("after_run")
         self.close_writer()
         self.accelerator.wait_for_everyone()
+
+    def budget_spent(self) -> bool:
+        """True once ``max_nfe`` (sampling + update forwards) or ``max_wall_time`` is reached."""
+        nfe = self.counters["nfe_sample"] + self.counters["nfe_update"]
+        return bool((self.max_nfe is not None and nfe >= self.max_nfe)
+                    or (self.max_wall_time is not None and self.counters["wall_time"] >= self.max_wall_time))
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """One iteration: sample rollouts, score leaves, compute advantages, update the policy."""

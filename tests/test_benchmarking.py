@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, summarize
+
+
+def test_first_crossing_interpolates_linearly():
+    x = np.array([0.0, 10.0, 20.0])
+    y = np.array([0.5, 0.6, 0.8])
+    assert first_crossing(x, y, 0.7) == pytest.approx(15.0)
+    assert first_crossing(x, y, 0.4) == 0.0  # reached at the start
+    assert first_crossing(x, y, 0.9) is None
+
+
+def test_mean_curve_on_common_grid():
+    a = (np.array([0.0, 10.0]), np.array([0.0, 1.0]))
+    b = (np.array([0.0, 5.0, 20.0]), np.array([0.0, 1.0, 1.0]))
+    grid, mean, std = mean_curve([a, b], num=3)
+    assert grid.tolist() == [0.0, 5.0, 10.0]  # up to the shorter curve's end
+    assert mean.tolist() == pytest.approx([0.0, 0.75, 1.0])
+    assert std.tolist() == pytest.approx([0.0, 0.25, 0.0])
+
+
+def linear_run(slope_per_second, nfe_per_second, seconds=100.0, start=0.5, edges_per_nfe=0.5):
+    t = np.linspace(0.0, seconds, 11)
+    return {"seconds": t, "nfe": t * nfe_per_second, "edges": t * nfe_per_second * edges_per_nfe,
+            "reward": start + slope_per_second * t}
+
+
+def test_summary_speedups_on_synthetic_curves():
+    # baseline: reward 0.5 + 0.001 t -> final 0.6 at t = 100 s, 1000 forwards per second
+    # tree: twice the slope with half the forwards per second -> reaches 0.6 at 50 s, 25,000 NFE
+    runs = {
+        "grpo": [linear_run(0.001, 1000), linear_run(0.001, 1000)],
+        "tree": [linear_run(0.002, 500, edges_per_nfe=0.25), linear_run(0.002, 500, edges_per_nfe=0.25)],
+    }
+    rows = {r.name: r for r in summarize(runs, baseline="grpo")}
+    assert rows["grpo"].final_mean == pytest.approx(0.6) and rows["grpo"].final_std == pytest.approx(0.0)
+    assert rows["grpo"].seconds_to_target == pytest.approx(100.0)
+    assert rows["tree"].seconds_to_target == pytest.approx(50.0)
+    assert rows["tree"].speedup_time == pytest.approx(2.0)
+    assert rows["tree"].nfe_to_target == pytest.approx(25_000)
+    assert rows["tree"].speedup_nfe == pytest.approx(100_000 / 25_000)
+    assert rows["tree"].edges_per_nfe == pytest.approx(0.25)
+    table = markdown_table(list(rows.values()), target=0.6)
+    assert "| tree | 0.7000 +- 0.0000 | 50.0 | 25000 | 2.00 | 4.00 | 0.250 |" in table
+
+
+def test_summary_reports_unreached_target_and_unknown_baseline():
+    runs = {"grpo": [linear_run(0.001, 1000)], "slow": [linear_run(0.0001, 1000)]}
+    rows = {r.name: r for r in summarize(runs, baseline="grpo")}
+    assert rows["slow"].seconds_to_target is None and rows["slow"].speedup_time is None
+    assert "not reached" in markdown_table(list(rows.values()), target=0.6)
+    with pytest.raises(KeyError, match="baseline 'tree'"):
+        summarize(runs, baseline="tree")
+
+
+def test_benchmark_smoke_run_writes_every_file(tmp_path):
+    import json
+
+    from tools.benchmark import main as benchmark_main
+
+    out = benchmark_main(["--seeds", "1", "--budget-mode", "iters", "--budget", "2", "--eval-interval", "1",
+                          "--eval-prompts", "4", "--out", str(tmp_path),
+                          "--cfg-options", "prompts_per_iter=2", "sampler.num_steps=6"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["results.json", "reward_vs_edges.png", "reward_vs_nfe.png", "reward_vs_seconds.png",
+                     "runs", "summary.md"]
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert sorted(results) == ["grpo_toy_shapes", "treegrpo_toy_shapes"]
+    tree = results["treegrpo_toy_shapes"][0]
+    assert tree["iter"] == [0, 1, 2] and tree["nfe"][0] == 0 and tree["nfe"][2] > tree["nfe"][1] > 0
+    summary = (out / "summary.md").read_text()
+    assert "| treegrpo_toy_shapes |" in summary and "| grpo_toy_shapes |" in summary
+    assert "budget per run: 2 (iters)" in summary

@@ -1,0 +1,146 @@
+"""TreeGRPO vs flat GRPO (and ablations): reward against wall time, model forwards and edges.
+
+    python tools/benchmark.py                                   # toy world, 2 configs x 3 seeds
+    python tools/benchmark.py --configs configs/ablations/*.py configs/grpo_toy_shapes.py
+    python tools/benchmark.py --budget-mode wall --budget 120 --seeds 1 --out work_dirs/bench
+
+Every run of every config gets the same budget: model forwards (``nfe``: sampling + update,
+the default), training wall seconds (``wall``) or iterations (``iters``). Same seed = same prompt
+sequence, reward, optimizer and evaluation (fixed prompts and noise). Writes ``results.json``,
+``summary.md`` and ``reward_vs_{seconds,nfe,edges}.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+from tools.train import load_config  # noqa: E402
+from treegrpo.benchmarking import markdown_table, mean_curve, summarize  # noqa: E402
+from treegrpo.runner import Runner  # noqa: E402
+
+DEFAULT_CONFIGS = ["configs/treegrpo_toy_shapes.py", "configs/grpo_toy_shapes.py"]
+BUDGET_KEYS = {"nfe": "max_nfe", "wall": "max_wall_time", "iters": "max_iters"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--baseline", default=None, help="config name the speed-ups are relative to "
+                        "(default: the one whose name starts with 'grpo', else the last)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget-mode", choices=sorted(BUDGET_KEYS), default="nfe")
+    parser.add_argument("--budget", type=float, default=250_000, help="per run, in the mode's unit")
+    parser.add_argument("--eval-interval", type=int, default=25)
+    parser.add_argument("--eval-prompts", type=int, default=180)
+    parser.add_argument("--out", default="work_dirs/benchmark")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="applied to every config, e.g. prompts_per_iter=8")
+    return parser.parse_args(argv)
+
+
+def benchmark_config(path: str, seed: int, args, run_dir: Path) -> dict:
+    """Train one config with one seed under the budget; returns its evaluation curve."""
+    cfg = load_config(path, args.cfg_options, seed)
+    budget_key = BUDGET_KEYS[args.budget_mode]
+    cfg.max_iters = int(args.budget) if args.budget_mode == "iters" else 10**9
+    if budget_key != "max_iters":
+        cfg[budget_key] = args.budget
+    evals = [h for h in cfg.hooks if h["type"] == "EvalHook"]
+    if not evals:
+        raise KeyError(f"{path} has no EvalHook in `hooks`: the benchmark needs its eval prompts")
+    cfg.hooks = [dict(type="LoggerHook", interval=1),
+                 dict(evals[0], interval=args.eval_interval, num_prompts=args.eval_prompts)]
+    cfg.tensorboard = False
+    Runner(cfg, run_dir).train()
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    train = {r["iter"]: r for r in records if "charts/wall_time" in r}
+    zero = {"charts/wall_time": 0.0, "charts/nfe_sample": 0, "charts/nfe_update": 0, "charts/edges": 0}
+    curve = {"iter": [], "seconds": [], "nfe": [], "edges": [], "reward": []}
+    for r in (r for r in records if "eval/reward_mean" in r):
+        cost = train.get(r["iter"], zero)
+        curve["iter"].append(r["iter"])
+        curve["seconds"].append(cost["charts/wall_time"])
+        curve["nfe"].append(cost["charts/nfe_sample"] + cost["charts/nfe_update"])
+        curve["edges"].append(cost["charts/edges"])
+        curve["reward"].append(r["eval/reward_mean"])
+    last = train[max(train)]
+    curve["time_split"] = {k: sum(r[f"time/{k}"] for r in train.values()) for k in ("sample", "reward", "update")}
+    curve["iterations"] = last["iter"]
+    return curve
+
+
+def plot(results: dict[str, list[dict]], out: Path) -> list[Path]:
+    """reward_vs_<axis>.png: the seed mean per config with a +-std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for axis, label in (("seconds", "training wall time (s)"), ("nfe", "model forwards (NFE)"),
+                        ("edges", "training samples (edges)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, seeds in results.items():
+            grid, mean, std = mean_curve([(np.array(s[axis]), np.array(s["reward"])) for s in seeds])
+            ax.plot(grid, mean, label=name)
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("eval reward")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"reward_vs_{axis}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [Path(c).stem for c in args.configs]
+    baseline = args.baseline or next((n for n in names if n.startswith("grpo")), names[-1])
+    start = time.time()
+    results: dict[str, list[dict]] = {}
+    for path, name in zip(args.configs, names):
+        for seed in range(args.seeds):
+            print(f"[benchmark] {name} seed {seed}", flush=True)
+            results.setdefault(name, []).append(benchmark_config(path, seed, args, out / "runs" / f"{name}_seed{seed}"))
+    rows = summarize(results, baseline)
+    target = next(r.final_mean for r in rows if r.name == baseline)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    split = "\n".join(
+        f"| {name} | {np.mean([s['iterations'] for s in seeds]):.0f} | "
+        + " | ".join(f"{np.mean([s['time_split'][k] for s in seeds]):.1f}" for k in ("sample", "reward", "update"))
+        + " |" for name, seeds in results.items())
+    summary = (
+        f"# Benchmark\n\nMachine: {platform.machine()}, {platform.processor() or 'cpu'}; "
+        f"{args.seeds} seed(s); budget per run: {args.budget:g} ({args.budget_mode}); evaluation every "
+        f"{args.eval_interval} iterations on {args.eval_prompts} fixed prompts with fixed noise; "
+        f"total wall time {time.time() - start:.0f} s. Same seed = same prompts per iteration, reward, "
+        f"optimizer and learning rate in every config.\n\n"
+        + markdown_table(rows, target)
+        + "\nMean per run: iterations and wall seconds spent in sampling / reward / update.\n\n"
+        "| config | iterations | sample s | reward s | update s |\n|---|---|---|---|---|\n" + split + "\n"
+    )
+    (out / "summary.md").write_text(summary)
+    plot(results, out)
+    print(summary)
+    return out
+
+
+if __name__ == "__main__":
+    main()

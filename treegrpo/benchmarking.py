@@ -1,0 +1,104 @@
+"""Pure helpers of tools/benchmark.py: learning curves over seeds, time-to-target, summary rows.
+
+A curve is a pair of 1-D arrays (x, y): x is a cost axis (wall seconds, model forwards or trained
+edges, increasing) and y the evaluation reward measured at that cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float | None:
+    """Smallest x at which the piecewise-linear curve reaches ``target`` (None if never)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    hits = np.nonzero(y >= target)[0]
+    if hits.size == 0:
+        return None
+    i = int(hits[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], num: int = 50) -> tuple[np.ndarray, ...]:
+    """Average curves of several seeds on a common grid up to the shortest curve's end.
+
+    Returns (grid [num], mean [num], std [num]) with linear interpolation of each curve.
+    """
+    end = min(float(np.max(x)) for x, _ in curves)
+    start = max(float(np.min(x)) for x, _ in curves)
+    grid = np.linspace(start, end, num)
+    values = np.stack([np.interp(grid, np.asarray(x, float), np.asarray(y, float)) for x, y in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+@dataclass
+class SummaryRow:
+    name: str
+    final_mean: float
+    final_std: float
+    seconds_to_target: float | None
+    nfe_to_target: float | None
+    speedup_time: float | None  # baseline seconds-to-target / this config's
+    speedup_nfe: float | None
+    edges_per_nfe: float
+
+
+def _ratio(base: float | None, this: float | None) -> float | None:
+    return None if base is None or this is None or this <= 0 else base / this
+
+
+def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
+    """One row per config. ``runs[name]`` is a list (one per seed) of dicts with arrays
+    ``seconds``, ``nfe``, ``edges``, ``reward`` (evaluation points, increasing cost).
+
+    The target is the baseline's final mean reward; time/NFE-to-target are read off the
+    seed-averaged curves; speed-ups are the baseline's cost to target over the config's.
+    """
+    if baseline not in runs:
+        raise KeyError(f"baseline {baseline!r} is not among the runs {sorted(runs)}")
+    finals = {name: np.array([r["reward"][-1] for r in seeds]) for name, seeds in runs.items()}
+    target = float(finals[baseline].mean())
+    costs = {}
+    for name, seeds in runs.items():
+        costs[name] = {}
+        for axis in ("seconds", "nfe"):
+            grid, mean, _ = mean_curve([(r[axis], r["reward"]) for r in seeds])
+            costs[name][axis] = first_crossing(grid, mean, target)
+    rows = []
+    for name, seeds in runs.items():
+        total_edges = sum(r["edges"][-1] for r in seeds)
+        total_nfe = sum(r["nfe"][-1] for r in seeds)
+        rows.append(SummaryRow(
+            name=name,
+            final_mean=float(finals[name].mean()),
+            final_std=float(finals[name].std()),
+            seconds_to_target=costs[name]["seconds"],
+            nfe_to_target=costs[name]["nfe"],
+            speedup_time=_ratio(costs[baseline]["seconds"], costs[name]["seconds"]),
+            speedup_nfe=_ratio(costs[baseline]["nfe"], costs[name]["nfe"]),
+            edges_per_nfe=total_edges / total_nfe if total_nfe else 0.0,
+        ))
+    return rows
+
+
+def markdown_table(rows: list[SummaryRow], target: float) -> str:
+    """The summary as a markdown table (None shown as 'not reached')."""
+    fmt = lambda v, spec: "not reached" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"Target reward = the baseline's final mean: {target:.4f}",
+        "",
+        "| config | final reward (mean +- std over seeds) | s to target | NFE to target | "
+        "speed-up x (time) | speed-up x (NFE) | edges per NFE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {fmt(r.seconds_to_target, '.1f')} | "
+            f"{fmt(r.nfe_to_target, '.0f')} | {fmt(r.speedup_time, '.2f')} | {fmt(r.speedup_nfe, '.2f')} | "
+            f"{r.edges_per_nfe:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
