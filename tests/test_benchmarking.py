@@ -15,10 +15,24 @@ def test_first_crossing_interpolates_linearly():
 def test_mean_curve_on_common_grid():
     a = (np.array([0.0, 10.0]), np.array([0.0, 1.0]))
     b = (np.array([0.0, 5.0, 20.0]), np.array([0.0, 1.0, 1.0]))
-    grid, mean, std = mean_curve([a, b], num=3)
-    assert grid.tolist() == [0.0, 5.0, 10.0]  # up to the shorter curve's end
-    assert mean.tolist() == pytest.approx([0.0, 0.75, 1.0])
-    assert std.tolist() == pytest.approx([0.0, 0.25, 0.0])
+    grid, mean, std = mean_curve([a, b], num=5)
+    assert grid.tolist() == [0.0, 5.0, 10.0, 15.0, 20.0]  # up to the longer curve's end
+    assert mean.tolist() == pytest.approx([0.0, 0.75, 1.0, 1.0, 1.0])  # a held at 1 after 10
+    assert std.tolist() == pytest.approx([0.0, 0.25, 0.0, 0.0, 0.0])
+
+
+def test_baseline_reaches_its_own_target_when_seeds_end_at_different_costs():
+    # seeds end at 90 s and 110 s with finals 0.58 and 0.62; the target is their mean, 0.60.
+    # After 90 s the fast seed is held at 0.58, so the mean curve is (0.5 + 0.12 t/110 + 0.58)/2,
+    # which reaches 0.60 at t = 110 s: the baseline reaches its own target, at its end.
+    slow = {"seconds": np.array([0.0, 110.0]), "nfe": np.array([0.0, 1000.0]),
+            "edges": np.array([0.0, 10.0]), "reward": np.array([0.5, 0.62])}
+    fast = {"seconds": np.array([0.0, 90.0]), "nfe": np.array([0.0, 1000.0]),
+            "edges": np.array([0.0, 10.0]), "reward": np.array([0.5, 0.58])}
+    row = summarize({"grpo": [slow, fast]}, baseline="grpo")[0]
+    assert row.final_mean == pytest.approx(0.60)
+    assert row.seconds_to_target == pytest.approx(110.0) and row.speedup_time == pytest.approx(1.0)
+    assert row.nfe_to_target == pytest.approx(1000.0) and row.speedup_nfe == pytest.approx(1.0)
 
 
 def linear_run(slope_per_second, nfe_per_second, seconds=100.0, start=0.5, edges_per_nfe=0.5):

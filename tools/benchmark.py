@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="work_dirs/benchmark")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="applied to every config, e.g. prompts_per_iter=8")
+    parser.add_argument("--from-results", help="redo summary and plots from a results.json, no training")
     return parser.parse_args(argv)
 
 
@@ -115,13 +116,25 @@ def main(argv=None) -> Path:
     baseline = args.baseline or next((n for n in names if n.startswith("grpo")), names[-1])
     start = time.time()
     results: dict[str, list[dict]] = {}
-    for path, name in zip(args.configs, names):
-        for seed in range(args.seeds):
-            print(f"[benchmark] {name} seed {seed}", flush=True)
-            results.setdefault(name, []).append(benchmark_config(path, seed, args, out / "runs" / f"{name}_seed{seed}"))
+    if args.from_results:
+        saved = json.loads(Path(args.from_results).read_text())
+        results, wall = saved["results"], saved.get("wall_seconds", 0.0)
+        for key in ("seeds", "budget", "budget_mode", "eval_interval", "eval_prompts"):
+            setattr(args, key, saved["args"][key])
+        names = list(results)
+        baseline = args.baseline or next((n for n in names if n.startswith("grpo")), names[-1])
+    else:
+        for path, name in zip(args.configs, names):
+            for seed in range(args.seeds):
+                print(f"[benchmark] {name} seed {seed}", flush=True)
+                run_dir = out / "runs" / f"{name}_seed{seed}"
+                results.setdefault(name, []).append(benchmark_config(path, seed, args, run_dir))
+        wall = time.time() - start
     rows = summarize(results, baseline)
     target = next(r.final_mean for r in rows if r.name == baseline)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    saved_args = {k: v for k, v in vars(args).items() if k != "from_results"}
+    (out / "results.json").write_text(
+        json.dumps({"args": saved_args, "wall_seconds": wall, "results": results}, indent=1))
     split = "\n".join(
         f"| {name} | {np.mean([s['iterations'] for s in seeds]):.0f} | "
         + " | ".join(f"{np.mean([s['time_split'][k] for s in seeds]):.1f}" for k in ("sample", "reward", "update"))
@@ -130,7 +143,7 @@ def main(argv=None) -> Path:
         f"# Benchmark\n\nMachine: {platform.machine()}, {platform.processor() or 'cpu'}; "
         f"{args.seeds} seed(s); budget per run: {args.budget:g} ({args.budget_mode}); evaluation every "
         f"{args.eval_interval} iterations on {args.eval_prompts} fixed prompts with fixed noise; "
-        f"total wall time {time.time() - start:.0f} s. Same seed = same prompts per iteration, reward, "
+        f"total wall time {wall:.0f} s. Same seed = same prompts per iteration, reward, "
         f"optimizer and learning rate in every config.\n\n"
         + markdown_table(rows, target)
         + "\nMean per run: iterations and wall seconds spent in sampling / reward / update.\n\n"

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float | None:
+def first_crossing(x: np.ndarray, y: np.ndarray, target: float, tol: float = 1e-9) -> float | None:
     """Smallest x at which the piecewise-linear curve reaches ``target`` (None if never)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    hits = np.nonzero(y >= target)[0]
+    hits = np.nonzero(y >= target - tol)[0]
     if hits.size == 0:
         return None
     i = int(hits[0])
@@ -24,11 +24,13 @@ def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float | None:
 
 
 def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], num: int = 50) -> tuple[np.ndarray, ...]:
-    """Average curves of several seeds on a common grid up to the shortest curve's end.
+    """Average curves of several seeds on a common grid up to the longest curve's end.
 
-    Returns (grid [num], mean [num], std [num]) with linear interpolation of each curve.
+    Each curve is interpolated linearly and held at its last value beyond its end (the reward
+    reached so far), so the mean at the grid's end is the mean of the final rewards.
+    Returns (grid [num], mean [num], std [num]).
     """
-    end = min(float(np.max(x)) for x, _ in curves)
+    end = max(float(np.max(x)) for x, _ in curves)
     start = max(float(np.min(x)) for x, _ in curves)
     grid = np.linspace(start, end, num)
     values = np.stack([np.interp(grid, np.asarray(x, float), np.asarray(y, float)) for x, y in curves])

@@ -115,8 +115,10 @@ class Runner:
     def train(self) -> None:
         self.open_writer()
         self.call_hooks("before_run")
+        budgeted = self.max_nfe is not None or self.max_wall_time is not None
         bar = tqdm(range(self.iteration, self.max_iters), initial=self.iteration,
-                   total=self.max_iters, disable=not self.is_main, desc="train", dynamic_ncols=True)
+                   total=float("inf") if budgeted else self.max_iters, disable=not self.is_main,
+                   desc="train", dynamic_ncols=True)
         for iteration in bar:
             metrics = self.train_iteration(iteration)
             self.iteration = iteration + 1
