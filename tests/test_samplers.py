@@ -125,3 +125,16 @@ def test_sampler_argument_errors():
         TreeSampler(guidance_scale=0.5)
     with pytest.raises(ValueError, match="group_size"):
         FlatSampler(group_size=1)
+
+
+def test_flat_shared_noise_starts_from_the_tree_initial_noise(tiny_policy):
+    """For fair comparisons: with the same generator seed, FlatSampler(shared_noise=True) starts
+    every trajectory of a prompt from exactly the tree's initial noise of that prompt."""
+    plan = BranchPlan(start=0, depth=2, k=2)
+    kernel = FlowMatchingKernel(0.7)
+    tree = TreeSampler(num_steps=4).sample(tiny_policy, kernel, PROMPTS, plan, torch.Generator().manual_seed(9))
+    flat = FlatSampler(num_steps=4, group_size=4, shared_noise=True).sample(
+        tiny_policy, kernel, PROMPTS, plan, torch.Generator().manual_seed(9))
+    tree_roots = tree.latents[tree.parent == -1]  # [P, ...]
+    flat_roots = flat.latents[flat.parent == -1]  # [P * G, ...], prompt-major
+    assert torch.equal(flat_roots, tree_roots.repeat_interleave(4, dim=0))
