@@ -99,6 +99,27 @@ def test_kl_to_reference_is_logged(tmp_path):
     assert records[1]["losses/kl"] > 0
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a test that changes mixed precision resets it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_reference_matches_policy_under_bf16_autocast(tmp_path, fresh_accelerate_state):
+    """With mixed precision the frozen reference runs under the same autocast: KL starts at 0."""
+    extra = ("policy = dict(type='TinyTestPolicy', keep_reference=True)\n"
+             "update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=16)\n"
+             "mixed_precision = 'bf16'\n")
+    train_main([write_config(tmp_path, beta=0.1, extra=extra), "--work-dir", str(tmp_path / "run")])
+    records = read_log(tmp_path / "run")
+    assert records[0]["losses/kl"] == 0.0
+    assert records[1]["losses/kl"] > 0
+
+
 @REWARDS.register_module(force=True)
 class NaNAfterFirstCall:
     calls = 0

@@ -99,6 +99,7 @@ class Runner:
         self.policy.denoiser, self.optimizer = self.accelerator.prepare(
             self.policy.denoiser, self.optimizer
         )
+        self._autocast_reference()
 
         self.iteration = 0
         self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
@@ -106,6 +107,14 @@ class Runner:
         self.writer: MetricWriter | None = None
         if resume_from is not None:
             self.resume(resume_from)
+
+    def _autocast_reference(self) -> None:
+        """Run a frozen full-fine-tuning reference under the same autocast as the prepared
+        denoiser, so that policy and reference agree exactly before the first update."""
+        reference = getattr(self.policy, "reference_denoiser", None)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+        if reference is not None and dtype is not None:
+            reference.forward = torch.autocast(self.device.type, dtype=dtype)(reference.forward)
 
     # ------------------------------------------------------------------ main loop
     @property
