@@ -174,8 +174,10 @@ class Runner:
             "reward/std": all_rewards.std(unbiased=False).item(),
             "reward/min": all_rewards.min().item(),
             "reward/max": all_rewards.max().item(),
-            "adv/zero_std_groups": advantages.zero_std_groups,
-            "adv/abs_mean": advantages.node[rollout.edge_nodes].abs().mean().item(),
+            "adv/zero_std_groups": int(self.accelerator.gather(
+                torch.tensor([advantages.zero_std_groups], device=self.device)).sum()),
+            "adv/abs_mean": self.accelerator.gather(
+                advantages.node[rollout.edge_nodes].abs().mean().reshape(1)).mean().item(),
             "rollout/window_start": plan.start,
             "rollout/leaves": int(rollout.leaf_nodes.numel()) * self.world_size,
             "rollout/edges": edges,
