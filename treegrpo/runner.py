@@ -94,8 +94,8 @@ class Runner:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0
         )
-        # The lr scheduler is stepped once per optimizer step by us (not prepared: accelerate
-        # would step it once per process).
+        # The lr scheduler is stepped by us once per iteration (not prepared: accelerate would
+        # step it once per process).
         self.policy.denoiser, self.optimizer = self.accelerator.prepare(
             self.policy.denoiser, self.optimizer
         )
