@@ -1,0 +1,107 @@
+"""Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
+
+    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3
+    python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
+
+The models have the real architectures (same classes, configs and file layout as the hub
+checkpoints) at toy sizes, so every loading path runs without a download. No weights are trained.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def byte_characters() -> list[str]:
+    """The 256 printable stand-ins of byte-level BPE: printable bytes map to themselves, the
+    others to code points from 256 upwards, in byte order."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def byte_level_clip_tokenizer(max_length: int = 77):
+    """A CLIP tokenizer over single bytes (514 tokens, no merges): works with no vocab download."""
+    from transformers import CLIPTokenizer
+
+    chars = byte_characters()
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_clip_text_encoder(vocab_size: int, hidden: int, seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                            projection_dim=hidden, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                            pad_token_id=vocab_size - 1)
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A StableDiffusion3Pipeline with random weights: 2 tiny CLIP text encoders (no T5),
+    a 2-layer SD3 transformer and a 2-block VAE with 16 latent channels."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    tokenizer = byte_level_clip_tokenizer()
+    vocab = len(tokenizer)
+    encoder_1 = tiny_clip_text_encoder(vocab, 32, seed)
+    encoder_2 = tiny_clip_text_encoder(vocab, 32, seed + 1)
+    torch.manual_seed(seed + 2)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+        pooled_projection_dim=64, out_channels=16, pos_embed_max_size=16,
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=16, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae,
+        text_encoder=encoder_1, tokenizer=tokenizer, text_encoder_2=encoder_2,
+        tokenizer_2=byte_level_clip_tokenizer(), text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+BUILDERS = {"sd3": tiny_sd3_pipeline}
+
+
+def main(argv=None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="work_dirs/tiny_models")
+    parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=sorted(BUILDERS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    written = {}
+    for name in args.models:
+        path = Path(args.out) / name
+        BUILDERS[name](args.seed).save_pretrained(path, safe_serialization=True)
+        written[name] = path
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
