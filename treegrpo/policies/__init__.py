@@ -1,5 +1,6 @@
 """Generator wrappers behind one interface (:class:`Policy`)."""
 from .base import Policy
+from .sd3 import SD3Policy
 from .toy import ToyFlowPolicy
 
-__all__ = ["Policy", "ToyFlowPolicy"]
+__all__ = ["Policy", "SD3Policy", "ToyFlowPolicy"]

@@ -1,0 +1,125 @@
+"""Stable Diffusion 3 / 3.5 policy on diffusers (flow matching, MMDiT transformer), LoRA or full.
+
+Loads ``StableDiffusion3Pipeline`` from a hub id or a local folder. Text encoders and VAE are
+frozen; the transformer is the trained denoiser (LoRA adapters through peft, or all weights).
+Latents are the VAE's [16, H/8, W/8]; levels are the scheduler's shifted sigmas 1 -> 0.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from ..registry import POLICIES
+from .base import Policy
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def check_model_path(model_path: str) -> None:
+    """A local-looking path that does not exist gets an error saying how to provide weights."""
+    looks_local = model_path.startswith((".", "/", "~")) or Path(model_path).suffix or "\\" in model_path
+    if looks_local and not Path(model_path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model_path {model_path!r} does not exist: give a local diffusers folder (e.g. a "
+            "downloaded stabilityai/stable-diffusion-3.5-medium) or a hub id; for offline tests "
+            "write a tiny random-weight one with `python tools/make_tiny_models.py`"
+        )
+
+
+@POLICIES.register_module()
+class SD3Policy(Policy):
+    """SD3 / SD3.5 text-to-image policy.
+
+    Args:
+        model_path: hub id or local diffusers folder.
+        resolution: image side in pixels (latent side = resolution / vae_scale_factor).
+        dtype: weights dtype of the frozen parts and the transformer ('float32' | 'bfloat16' | 'float16').
+        lora: dict(r, alpha, target_modules) to train LoRA adapters; None trains all transformer weights.
+        use_t5: load the T5 text encoder when the checkpoint has one (False: CLIP encoders only).
+        negative_prompt: the unconditional prompt of classifier-free guidance.
+        keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
+        gradient_checkpointing: trade compute for memory in the transformer.
+        max_sequence_length: T5 tokens.
+    """
+
+    def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
+                 lora: dict | None = None, use_t5: bool = True, negative_prompt: str = "",
+                 keep_reference: bool = False, gradient_checkpointing: bool = False,
+                 max_sequence_length: int = 256, device: str = "cpu") -> None:
+        super().__init__()
+        from diffusers import StableDiffusion3Pipeline
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        check_model_path(model_path)
+        no_t5 = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+        local_index = Path(model_path) / "model_index.json"
+        if use_t5 and local_index.is_file():
+            saved = json.loads(local_index.read_text()).get("text_encoder_3", [None])
+            if saved is None or saved[0] is None:  # a checkpoint saved without T5
+                no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
+        pipe = StableDiffusion3Pipeline.from_pretrained(model_path, torch_dtype=DTYPES[dtype], **no_t5)
+        pipe.set_progress_bar_config(disable=True)
+        for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
+            if part is not None:
+                part.requires_grad_(False).eval()
+        self.pipe = pipe
+        self.vae = pipe.vae
+        self.denoiser = pipe.transformer
+        if lora is not None:
+            from peft import LoraConfig
+
+            self.denoiser.requires_grad_(False)
+            self.denoiser.add_adapter(LoraConfig(
+                r=lora.get("r", 32), lora_alpha=lora.get("alpha", lora.get("r", 32)),
+                target_modules=list(lora.get("target_modules", DEFAULT_LORA_TARGETS)),
+                init_lora_weights="gaussian"))
+        elif keep_reference:
+            self.reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        side = resolution // pipe.vae_scale_factor
+        self.latent_shape = (self.denoiser.config.in_channels, side, side)
+        self.negative_prompt = negative_prompt
+        self.max_sequence_length = max_sequence_length
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
+        return {"prompt_embeds": embeds, "pooled": pooled}
+
+    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
+        null = self.encode_prompts([self.negative_prompt])
+        return {key: value.expand(batch_size, *value.shape[1:]) for key, value in null.items()}
+
+    def noise_levels(self, num_steps: int) -> torch.Tensor:
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas.float()
+
+    def model_output(self, latents, level, cond):
+        dtype = self.denoiser.dtype
+        timestep = level.to(latents.device) * self.pipe.scheduler.config.num_train_timesteps
+        return self.denoiser(
+            hidden_states=latents.to(dtype), timestep=timestep,
+            encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+            pooled_projections=cond["pooled"].to(dtype), return_dict=False,
+        )[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor
+        images = self.vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
