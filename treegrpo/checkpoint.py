@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,8 +27,10 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     training_state: dict[str, Any],
     meta: dict[str, Any],
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write one checkpoint folder atomically; returns its final path."""
+    """Write one checkpoint folder atomically; returns its final path. ``write_extra(folder)``
+    may add files (e.g. an exported LoRA) before the folder is renamed into place."""
     final = Path(directory)
     tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
     if tmp.exists():
@@ -38,6 +40,8 @@ def save_checkpoint(
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         torch.save(training_state, tmp / "training_state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if write_extra is not None:
+            write_extra(tmp)
         old = final.with_name(final.name + f".old-{os.getpid()}")
         if final.exists():  # re-saving an iteration: keep the old copy until the new one is in place
             os.replace(final, old)

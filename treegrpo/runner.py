@@ -298,7 +298,8 @@ class Runner:
             meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
                     "config": self.cfg.filename,
                     "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-            save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta)
+            save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta,
+                            write_extra=self.policy.save_export)
         self.last_checkpoint_iter = self.iteration
         self.accelerator.wait_for_everyone()
         return path

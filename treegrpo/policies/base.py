@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -101,6 +102,10 @@ class Policy(nn.Module, abc.ABC):
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)
+
+    def save_export(self, directory: Path) -> None:
+        """Write weights in the model family's own format into ``directory`` (e.g. a diffusers
+        LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none."""
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:

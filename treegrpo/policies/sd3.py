@@ -88,6 +88,20 @@ class SD3Policy(Policy):
         self.max_sequence_length = max_sequence_length
         self.to(device)
 
+    def save_export(self, directory: Path) -> None:
+        """LoRA runs: ``<directory>/lora/pytorch_lora_weights.safetensors`` in the diffusers
+        layout, so a stock pipeline loads it with ``pipe.load_lora_weights(<directory>/lora)``."""
+        model = self.unwrapped_denoiser()
+        if not getattr(model, "_hf_peft_config_loaded", False):
+            return
+        from diffusers import StableDiffusion3Pipeline
+        from peft.utils import get_peft_model_state_dict
+
+        layers = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        metadata = model.peft_config["default"].to_dict()  # keeps lora_alpha (the scale) for loading
+        StableDiffusion3Pipeline.save_lora_weights(Path(directory) / "lora", transformer_lora_layers=layers,
+                                                   transformer_lora_adapter_metadata=metadata)
+
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
