@@ -1,6 +1,6 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3
+    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3, <out>/sd15
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
 
 The models have the real architectures (same classes, configs and file layout as the hub
@@ -85,7 +85,41 @@ def tiny_sd3_pipeline(seed: int = 0):
     )
 
 
-BUILDERS = {"sd3": tiny_sd3_pipeline}
+def tiny_sd15_pipeline(seed: int = 0):
+    """A StableDiffusionPipeline (SD1.x layout) with random weights: a tiny CLIP text encoder,
+    a 2-level UNet2DConditionModel, a 4-channel VAE and a DDIM scheduler; no safety checker."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = byte_level_clip_tokenizer()
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1, pad_token_id=vocab - 1)).eval()
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        norm_num_groups=8, attention_head_dim=2,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=16,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline}
 
 
 def main(argv=None) -> dict[str, Path]:

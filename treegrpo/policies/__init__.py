@@ -1,6 +1,7 @@
 """Generator wrappers behind one interface (:class:`Policy`)."""
 from .base import Policy
 from .sd3 import SD3Policy
+from .stable_diffusion import StableDiffusionPolicy
 from .toy import ToyFlowPolicy
 
-__all__ = ["Policy", "SD3Policy", "ToyFlowPolicy"]
+__all__ = ["Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy"]

@@ -1,0 +1,101 @@
+"""Stable Diffusion 1.x / 2.x policy on diffusers (DDPM-trained UNet, DDIM kernels), LoRA or full.
+
+Levels are the DDIM schedule's alpha_bar values: ``levels[i]`` = alpha_bar at the i-th timestep
+of a T-step DDIM schedule and ``levels[T]`` = the final alpha_bar (the scheduler's
+``final_alpha_cumprod``; with ``set_alpha_to_one`` it is 1 and the last step is deterministic,
+so keep it out of the SDE window). Use ``DDIMKernel(prediction_type=...)`` matching the UNet.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..registry import POLICIES
+from .base import Policy
+from .sd3 import DTYPES, check_model_path
+
+
+@POLICIES.register_module()
+class StableDiffusionPolicy(Policy):
+    """SD1.x / SD2.x text-to-image policy (UNet2DConditionModel + DDIM).
+
+    Args:
+        model_path: hub id or local diffusers folder.
+        resolution: image side in pixels.
+        dtype: 'float32' | 'bfloat16' | 'float16'.
+        lora: dict(r, alpha, target_modules) for LoRA; None trains all UNet weights.
+        negative_prompt: unconditional prompt of classifier-free guidance.
+        keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
+        gradient_checkpointing: trade compute for memory in the UNet.
+    """
+
+    def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
+                 lora: dict | None = None, negative_prompt: str = "", keep_reference: bool = False,
+                 gradient_checkpointing: bool = False, device: str = "cpu") -> None:
+        super().__init__()
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        check_model_path(model_path)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_path, torch_dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.text_encoder.requires_grad_(False).eval()
+        pipe.vae.requires_grad_(False).eval()
+        self.pipe, self.vae, self.text_encoder, self.denoiser = pipe, pipe.vae, pipe.text_encoder, pipe.unet
+        self.prediction_type = pipe.scheduler.config.prediction_type
+        if lora is not None:
+            from peft import LoraConfig
+
+            self.denoiser.requires_grad_(False)
+            self.denoiser.add_adapter(LoraConfig(
+                r=lora.get("r", 8), lora_alpha=lora.get("alpha", lora.get("r", 8)),
+                target_modules=list(lora.get("target_modules", ("to_q", "to_k", "to_v", "to_out.0"))),
+                init_lora_weights="gaussian"))
+        elif keep_reference:
+            self.reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        side = resolution // pipe.vae_scale_factor
+        self.latent_shape = (self.denoiser.config.in_channels, side, side)
+        self.negative_prompt = negative_prompt
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, do_classifier_free_guidance=False)
+        return {"prompt_embeds": embeds}
+
+    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
+        null = self.encode_prompts([self.negative_prompt])["prompt_embeds"]
+        return {"prompt_embeds": null.expand(batch_size, *null.shape[1:])}
+
+    def noise_levels(self, num_steps: int) -> torch.Tensor:
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        scheduler.set_timesteps(num_steps)
+        alphas = scheduler.alphas_cumprod
+        final = scheduler.final_alpha_cumprod.reshape(1)
+        return torch.cat([alphas[scheduler.timesteps], final]).float()
+
+    def timesteps_of(self, level: torch.Tensor) -> torch.Tensor:
+        """Training timestep [B] whose alpha_bar is ``level`` [B] (nearest on the 1000-step table)."""
+        table = self.pipe.scheduler.alphas_cumprod.to(level.device)
+        return torch.argmin((table[None, :] - level[:, None].float()).abs(), dim=1)
+
+    def model_output(self, latents, level, cond):
+        dtype = self.denoiser.dtype
+        return self.denoiser(latents.to(dtype), self.timesteps_of(level.reshape(-1).expand(latents.shape[0])),
+                             encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(latents, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
