@@ -111,3 +111,18 @@ hooks = [dict(type='CheckpointHook', interval=1)]
         trained = runner.policy.unwrapped_denoiser()(**args)[0]
     assert not torch.allclose(base, trained)  # training changed the output
     torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_embedding_cache(tiny_sd3):
+    policy = SD3Policy(str(tiny_sd3), resolution=32)
+    uncached = SD3Policy(str(tiny_sd3), resolution=32, cache_prompt_embeds=False)
+    calls = []
+    original = policy.pipe.encode_prompt
+    policy.pipe.encode_prompt = lambda **kw: calls.append(kw["prompt"]) or original(**kw)
+    first = policy.encode_prompts(["a cat", "a dog", "a cat"])
+    second = policy.encode_prompts(["a dog", "a bird"])
+    assert calls == [["a cat", "a dog"], ["a bird"]]  # each prompt encoded once
+    expected = uncached.encode_prompts(["a cat", "a dog", "a cat"])
+    for key in expected:
+        torch.testing.assert_close(first[key], expected[key])
+    torch.testing.assert_close(second["pooled"][0], expected["pooled"][1])

@@ -103,6 +103,18 @@ class Policy(nn.Module, abc.ABC):
             for name, value in state.items():
                 params[name].copy_(value)
 
+    def cached_encode(self, prompts: list[str], encode) -> dict[str, torch.Tensor]:
+        """``encode(prompts)`` with a per-prompt cache (text encoders are frozen, and each prompt's
+        embedding does not depend on the batch): only unseen prompts are encoded."""
+        cache = self.__dict__.setdefault("_prompt_cache", {})
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            fresh = encode(missing)
+            for i, prompt in enumerate(missing):
+                cache[prompt] = {key: value[i] for key, value in fresh.items()}
+        keys = cache[prompts[0]].keys() if prompts else ()
+        return {key: torch.stack([cache[p][key] for p in prompts]) for key in keys}
+
     def save_export(self, directory: Path) -> None:
         """Write weights in the model family's own format into ``directory`` (e.g. a diffusers
         LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none."""

@@ -44,12 +44,14 @@ class SD3Policy(Policy):
         keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
         gradient_checkpointing: trade compute for memory in the transformer.
         max_sequence_length: T5 tokens.
+        cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
     """
 
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, use_t5: bool = True, negative_prompt: str = "",
                  keep_reference: bool = False, gradient_checkpointing: bool = False,
-                 max_sequence_length: int = 256, device: str = "cpu") -> None:
+                 max_sequence_length: int = 256, cache_prompt_embeds: bool = True,
+                 device: str = "cpu") -> None:
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
 
@@ -86,6 +88,7 @@ class SD3Policy(Policy):
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
+        self.cache_prompt_embeds = cache_prompt_embeds
         self.to(device)
 
     def save_export(self, directory: Path) -> None:
@@ -108,6 +111,11 @@ class SD3Policy(Policy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.cache_prompt_embeds:
+            return self.cached_encode(prompts, self._encode)
+        return self._encode(prompts)
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)

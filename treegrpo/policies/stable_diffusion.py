@@ -28,11 +28,13 @@ class StableDiffusionPolicy(Policy):
         negative_prompt: unconditional prompt of classifier-free guidance.
         keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
         gradient_checkpointing: trade compute for memory in the UNet.
+        cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
     """
 
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, negative_prompt: str = "", keep_reference: bool = False,
-                 gradient_checkpointing: bool = False, device: str = "cpu") -> None:
+                 gradient_checkpointing: bool = False, cache_prompt_embeds: bool = True,
+                 device: str = "cpu") -> None:
         super().__init__()
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -62,6 +64,7 @@ class StableDiffusionPolicy(Policy):
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt
+        self.cache_prompt_embeds = cache_prompt_embeds
         self.to(device)
 
     @property
@@ -70,6 +73,11 @@ class StableDiffusionPolicy(Policy):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.cache_prompt_embeds:
+            return self.cached_encode(prompts, self._encode)
+        return self._encode(prompts)
+
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, do_classifier_free_guidance=False)
         return {"prompt_embeds": embeds}
 
