@@ -247,3 +247,11 @@ def test_nfe_budget_stops_training(tmp_path):
     spent = [r["charts/nfe_sample"] + r["charts/nfe_update"] for r in records]
     assert spent[-1] >= 100 and spent[-2] < 100  # stopped right after crossing the budget
     assert runner.iteration == len(records) < 50
+
+
+def test_per_step_batches_train(tmp_path):
+    extra = "update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=2, per_step_batches=True)\n"
+    runner = train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
+    records = read_log(tmp_path / "run")
+    assert records[0]["losses/onpolicy_ratio_max_dev"] == 0.0
+    assert records[0]["update/nfe"] == 2 * 3 and runner.iteration == 2  # one forward per parent

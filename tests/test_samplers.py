@@ -138,3 +138,18 @@ def test_flat_shared_noise_starts_from_the_tree_initial_noise(tiny_policy):
     tree_roots = tree.latents[tree.parent == -1]  # [P, ...]
     flat_roots = flat.latents[flat.parent == -1]  # [P * G, ...], prompt-major
     assert torch.equal(flat_roots, tree_roots.repeat_interleave(4, dim=0))
+
+
+def test_plan_micro_batches_default_and_per_step():
+    from treegrpo.update import plan_micro_batches
+
+    parents = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8])
+    step = torch.tensor([2, 2, 2, 3, 3, 3, 3, 3, 3])
+    plan = plan_micro_batches(parents, step, 2, 2, torch.Generator().manual_seed(0))
+    assert [[len(m) for m in mb] for mb in plan] == [[2, 2, 1], [2, 2]]  # 9 -> 5 + 4, micro of 2
+    assert sorted(torch.cat([torch.cat(mb) for mb in plan]).tolist()) == parents.tolist()
+    per_step = plan_micro_batches(parents, step, 1, 2, torch.Generator().manual_seed(0), per_step=True)
+    groups = sorted((m.tolist() for mb in per_step for m in mb), key=len)
+    assert groups == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]  # whole steps, node order, size ignored
+    two_steps = plan_micro_batches(parents, step, 2, 2, torch.Generator().manual_seed(0), per_step=True)
+    assert len(two_steps) == 2 and all(len(mb) == 1 for mb in two_steps)

@@ -21,7 +21,7 @@ from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards
-from .update import edge_log_probs
+from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, derive_seed, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -73,7 +73,8 @@ class Runner:
                 f"prompts_per_iter={self.prompts_per_iter} must be divisible by the number of "
                 f"processes ({self.world_size})"
             )
-        update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0)
+        update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0,
+                      per_step_batches=False)
         update.update(cfg.get("update", {}))
         self.update_cfg = update
 
@@ -220,10 +221,10 @@ class Runner:
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
         for epoch in range(cfg["num_inner_epochs"]):
-            order = parents[torch.randperm(parents.numel(), generator=shuffle).to(parents.device)]
-            for minibatch in order.chunk(cfg["num_minibatches"]):
-                num_edges = int(torch.isin(rollout.parent, minibatch).sum())
-                micro_batches = minibatch.split(cfg["micro_batch_size"])
+            minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
+                                             cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
+            for micro_batches in minibatches:
+                num_edges = int(torch.isin(rollout.parent, torch.cat(micro_batches)).sum())
                 for j, micro in enumerate(micro_batches):
                     last = j == len(micro_batches) - 1
                     sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)

@@ -58,3 +58,29 @@ def edge_log_probs(
         mean_ref, _ = kernel.sde_mean_std(x, out_ref, rollout.levels, step)
         kl = gaussian_kl_equal_std(mean, mean_ref, std)[slot]
     return EdgeBatch(child=child, log_prob=log_prob, kl=kl, forwards=policy.nfe - nfe_before)
+
+
+def plan_micro_batches(
+    parents: torch.Tensor,
+    parent_step: torch.Tensor,
+    num_minibatches: int,
+    micro_batch_size: int,
+    generator: torch.Generator,
+    per_step: bool = False,
+) -> list[list[torch.Tensor]]:
+    """Split the parent nodes [M] of a rollout into minibatches (one optimizer step each) of
+    micro-batches (one forward each).
+
+    Default: parents shuffled, cut into ``num_minibatches`` parts, each cut into micro-batches of
+    ``micro_batch_size``. ``per_step=True``: every micro-batch is all parents of one step in node
+    order, i.e. exactly the batch the sampler sent through the model (bitwise-equal first ratio on
+    batch-dependent GPU kernels); the order of the steps is shuffled, ``micro_batch_size`` ignored.
+    """
+    if per_step:
+        groups = [parents[parent_step == s] for s in torch.unique(parent_step).tolist()]
+        order = torch.randperm(len(groups), generator=generator).tolist()
+        groups = [groups[i] for i in order]
+        size = -(-len(groups) // num_minibatches)  # ceil
+        return [groups[i : i + size] for i in range(0, len(groups), size)]
+    shuffled = parents[torch.randperm(parents.numel(), generator=generator).to(parents.device)]
+    return [list(part.split(micro_batch_size)) for part in shuffled.chunk(num_minibatches)]
