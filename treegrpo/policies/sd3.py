@@ -14,21 +14,7 @@ import torch
 
 from ..registry import POLICIES
 from .base import Policy
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def check_model_path(model_path: str) -> None:
-    """A local-looking path that does not exist gets an error saying how to provide weights."""
-    looks_local = model_path.startswith((".", "/", "~")) or Path(model_path).suffix or "\\" in model_path
-    if looks_local and not Path(model_path).expanduser().exists():
-        raise FileNotFoundError(
-            f"model_path {model_path!r} does not exist: give a local diffusers folder (e.g. a "
-            "downloaded stabilityai/stable-diffusion-3.5-medium) or a hub id; for offline tests "
-            "write a tiny random-weight one with `python tools/make_tiny_models.py`"
-        )
-
+from .diffusers_common import check_dtype, check_model_path, make_trainable
 
 @POLICIES.register_module()
 class SD3Policy(Policy):
@@ -55,8 +41,7 @@ class SD3Policy(Policy):
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
 
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        torch_dtype = check_dtype(dtype)
         check_model_path(model_path)
         no_t5 = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
         local_index = Path(model_path) / "model_index.json"
@@ -64,7 +49,7 @@ class SD3Policy(Policy):
             saved = json.loads(local_index.read_text()).get("text_encoder_3", [None])
             if saved is None or saved[0] is None:  # a checkpoint saved without T5
                 no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
-        pipe = StableDiffusion3Pipeline.from_pretrained(model_path, torch_dtype=DTYPES[dtype], **no_t5)
+        pipe = StableDiffusion3Pipeline.from_pretrained(model_path, torch_dtype=torch_dtype, **no_t5)
         pipe.set_progress_bar_config(disable=True)
         for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
             if part is not None:
@@ -72,18 +57,7 @@ class SD3Policy(Policy):
         self.pipe = pipe
         self.vae = pipe.vae
         self.denoiser = pipe.transformer
-        if lora is not None:
-            from peft import LoraConfig
-
-            self.denoiser.requires_grad_(False)
-            self.denoiser.add_adapter(LoraConfig(
-                r=lora.get("r", 32), lora_alpha=lora.get("alpha", lora.get("r", 32)),
-                target_modules=list(lora.get("target_modules", DEFAULT_LORA_TARGETS)),
-                init_lora_weights="gaussian"))
-        elif keep_reference:
-            self.reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt

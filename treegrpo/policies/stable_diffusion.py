@@ -13,7 +13,7 @@ import torch
 
 from ..registry import POLICIES
 from .base import Policy
-from .sd3 import DTYPES, check_model_path
+from .diffusers_common import check_dtype, check_model_path, make_trainable
 
 
 @POLICIES.register_module()
@@ -38,29 +38,17 @@ class StableDiffusionPolicy(Policy):
         super().__init__()
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        torch_dtype = check_dtype(dtype)
         check_model_path(model_path)
         pipe = StableDiffusionPipeline.from_pretrained(
-            model_path, torch_dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False)
+            model_path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         pipe.text_encoder.requires_grad_(False).eval()
         pipe.vae.requires_grad_(False).eval()
         self.pipe, self.vae, self.text_encoder, self.denoiser = pipe, pipe.vae, pipe.text_encoder, pipe.unet
         self.prediction_type = pipe.scheduler.config.prediction_type
-        if lora is not None:
-            from peft import LoraConfig
-
-            self.denoiser.requires_grad_(False)
-            self.denoiser.add_adapter(LoraConfig(
-                r=lora.get("r", 8), lora_alpha=lora.get("alpha", lora.get("r", 8)),
-                target_modules=list(lora.get("target_modules", ("to_q", "to_k", "to_v", "to_out.0"))),
-                init_lora_weights="gaussian"))
-        elif keep_reference:
-            self.reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=8)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt

@@ -1,0 +1,48 @@
+"""What the diffusers-based policies share: dtypes, model-path checks, making the denoiser trainable."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def check_model_path(model_path: str) -> None:
+    """A local-looking path that does not exist gets an error saying how to provide weights."""
+    looks_local = model_path.startswith((".", "/", "~")) or Path(model_path).suffix or "\\" in model_path
+    if looks_local and not Path(model_path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model_path {model_path!r} does not exist: give a local diffusers folder (e.g. a "
+            "downloaded stabilityai/stable-diffusion-3.5-medium) or a hub id; for offline tests "
+            "write a tiny random-weight one with `python tools/make_tiny_models.py`"
+        )
+
+
+def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_checkpointing: bool,
+                   default_rank: int) -> None:
+    """Set up ``policy.denoiser`` for training: LoRA adapters through peft with the base frozen
+    (``lora = dict(r, alpha, target_modules)``; the reference policy is the adapters switched off),
+    or all weights, with a frozen copy in ``policy.reference_denoiser`` when ``keep_reference``."""
+    denoiser = policy.denoiser
+    if lora is not None:
+        from peft import LoraConfig
+
+        rank = lora.get("r", default_rank)
+        denoiser.requires_grad_(False)
+        denoiser.add_adapter(LoraConfig(
+            r=rank, lora_alpha=lora.get("alpha", rank),
+            target_modules=list(lora.get("target_modules", DEFAULT_LORA_TARGETS)),
+            init_lora_weights="gaussian"))
+    elif keep_reference:
+        policy.reference_denoiser = copy.deepcopy(denoiser).requires_grad_(False).eval()
+    if gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
