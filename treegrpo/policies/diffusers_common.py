@@ -1,10 +1,13 @@
 """What the diffusers-based policies share: dtypes, model-path checks, making the denoiser trainable."""
 from __future__ import annotations
 
+import abc
 import copy
 from pathlib import Path
 
 import torch
+
+from .base import Policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -46,3 +49,29 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
         policy.reference_denoiser = copy.deepcopy(denoiser).requires_grad_(False).eval()
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
+
+
+class DiffusersPolicy(Policy):
+    """Shared behaviour of the diffusers policies: device, cached prompt encoding, CFG null prompt.
+
+    Subclasses set ``self.vae``, ``self.negative_prompt``, ``self.cache_prompt_embeds`` and
+    implement ``_encode(prompts) -> dict of [P, ...] tensors``.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @abc.abstractmethod
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Run the text encoders on ``prompts`` (no cache)."""
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        if self.cache_prompt_embeds:
+            return self.cached_encode(prompts, self._encode)
+        return self._encode(prompts)
+
+    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
+        null = self.encode_prompts([self.negative_prompt])
+        return {key: value.expand(batch_size, *value.shape[1:]) for key, value in null.items()}

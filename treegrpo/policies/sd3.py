@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from ..registry import POLICIES
-from .base import Policy
-from .diffusers_common import check_dtype, check_model_path, make_trainable
+from .diffusers_common import DiffusersPolicy, check_dtype, check_model_path, make_trainable
 
 @POLICIES.register_module()
-class SD3Policy(Policy):
+class SD3Policy(DiffusersPolicy):
     """SD3 / SD3.5 text-to-image policy.
 
     Args:
@@ -79,25 +78,11 @@ class SD3Policy(Policy):
         StableDiffusion3Pipeline.save_lora_weights(Path(directory) / "lora", transformer_lora_layers=layers,
                                                    transformer_lora_adapter_metadata=metadata)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        if self.cache_prompt_embeds:
-            return self.cached_encode(prompts, self._encode)
-        return self._encode(prompts)
-
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
         return {"prompt_embeds": embeds, "pooled": pooled}
-
-    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
-        null = self.encode_prompts([self.negative_prompt])
-        return {key: value.expand(batch_size, *value.shape[1:]) for key, value in null.items()}
 
     def noise_levels(self, num_steps: int) -> torch.Tensor:
         scheduler = copy.deepcopy(self.pipe.scheduler)

@@ -12,12 +12,11 @@ import copy
 import torch
 
 from ..registry import POLICIES
-from .base import Policy
-from .diffusers_common import check_dtype, check_model_path, make_trainable
+from .diffusers_common import DiffusersPolicy, check_dtype, check_model_path, make_trainable
 
 
 @POLICIES.register_module()
-class StableDiffusionPolicy(Policy):
+class StableDiffusionPolicy(DiffusersPolicy):
     """SD1.x / SD2.x text-to-image policy (UNet2DConditionModel + DDIM).
 
     Args:
@@ -55,23 +54,9 @@ class StableDiffusionPolicy(Policy):
         self.cache_prompt_embeds = cache_prompt_embeds
         self.to(device)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        if self.cache_prompt_embeds:
-            return self.cached_encode(prompts, self._encode)
-        return self._encode(prompts)
-
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, do_classifier_free_guidance=False)
         return {"prompt_embeds": embeds}
-
-    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
-        null = self.encode_prompts([self.negative_prompt])["prompt_embeds"]
-        return {"prompt_embeds": null.expand(batch_size, *null.shape[1:])}
 
     def noise_levels(self, num_steps: int) -> torch.Tensor:
         scheduler = copy.deepcopy(self.pipe.scheduler)
