@@ -13,7 +13,7 @@ chains, one per trajectory. Everything downstream treats both the same way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +37,6 @@ class Rollout:
     images: torch.Tensor  # [L, 3, H, W] float in [0, 1], decoded leaves
     nfe: int  # model forwards spent on this rollout (CFG counted twice)
     guidance_scale: float = 1.0
-    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_nodes(self) -> int:
@@ -67,14 +66,3 @@ class Rollout:
 def index_cond(cond: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     """Select rows of every conditioning tensor: ``{k: v[index]}``."""
     return {key: value[index] for key, value in cond.items()}
-
-
-def node_depth(parent: torch.Tensor) -> torch.Tensor:
-    """[N] long depth of each node (roots 0), given parents listed before their children."""
-    depth = torch.zeros_like(parent)
-    for node, par in enumerate(parent.tolist()):
-        if par >= 0:
-            if par >= node:
-                raise ValueError(f"node {node} lists parent {par}; parents must come first")
-            depth[node] = depth[par] + 1
-    return depth

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .rollout import Rollout
+from .rollout import Rollout, index_cond
 
 
 def _to_pil(image: torch.Tensor, size: int) -> Image.Image:
@@ -120,7 +120,7 @@ def node_previews(policy, kernel, rollout: Rollout) -> torch.Tensor:
     nfe_before = policy.nfe
     last = rollout.levels.numel() - 1
     step = rollout.step.clamp(max=last - 1)
-    cond = {k: v[rollout.prompt_index] for k, v in rollout.cond.items()}
+    cond = index_cond(rollout.cond, rollout.prompt_index)
     out = policy.predict(rollout.latents, rollout.levels[step], cond, rollout.guidance_scale)
     x0 = kernel.predict_x0(rollout.latents, out, rollout.levels, step)
     done = (rollout.step >= last).view(-1, *([1] * (x0.dim() - 1)))
