@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.train import load_config, main as train_main
+from tools.train import main as train_main
+from treegrpo.inference import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "configs").glob("*.py"),

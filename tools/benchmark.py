@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.train import load_config  # noqa: E402
+from treegrpo.inference import load_config  # noqa: E402
 from treegrpo.benchmarking import markdown_table, mean_curve, summarize  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 

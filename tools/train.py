@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing (plugins/ importable too)
     sys.path.insert(0, str(ROOT))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from treegrpo.checkpoint import list_checkpoints, resolve_checkpoint  # noqa: E402
+from treegrpo.inference import load_config  # noqa: E402
 from treegrpo.runner import Runner, dump_config  # noqa: E402
 
 
@@ -37,18 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config keys, e.g. max_iters=10 sampler.num_steps=8")
     return parser.parse_args(argv)
-
-
-def load_config(path: str, options: dict, seed: int | None = None) -> Config:
-    """Read a config file (with _base_ and custom_imports) and apply overrides."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
-    cfg = Config.fromfile(path)
-    if options:
-        cfg.merge_from_dict(options)
-    if seed is not None:
-        cfg.seed = seed
-    return cfg
 
 
 def find_resume(config_name: str, resume: str, work_dir: str | None = None) -> Path:

@@ -18,10 +18,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.train import load_config  # noqa: E402
 from treegrpo.advantages import TreeBackup  # noqa: E402
-from treegrpo.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
-from treegrpo.registry import ADVANTAGES, KERNELS, POLICIES, REWARDS, SCHEDULES, build  # noqa: E402
+from treegrpo.inference import load_config, load_policy  # noqa: E402
+from treegrpo.registry import ADVANTAGES, REWARDS, SCHEDULES, build  # noqa: E402
 from treegrpo.rewards.base import check_rewards  # noqa: E402
 from treegrpo.samplers import TreeSampler  # noqa: E402
 from treegrpo.schedules import BranchPlan  # noqa: E402
@@ -47,11 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    policy = build(POLICIES, cfg.policy)
-    if args.checkpoint:
-        policy.load_trainable_state_dict(load_checkpoint(resolve_checkpoint(args.checkpoint))[0])
-    policy.denoiser.eval()
-    kernel, reward = build(KERNELS, cfg.kernel), build(REWARDS, cfg.reward)
+    policy, kernel = load_policy(cfg, args.checkpoint)
+    reward = build(REWARDS, cfg.reward)
     advantage = build(ADVANTAGES, cfg.advantage)
     if not isinstance(advantage, TreeBackup):  # a flat config: back up uniformly
         advantage = TreeBackup(weighting="mean")
