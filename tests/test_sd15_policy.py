@@ -6,7 +6,7 @@ import torch
 
 from tools.make_tiny_models import main as make_tiny
 from tools.train import main as train_main
-from treegrpo.kernels import DDIMKernel
+from treegrpo.kernels import DDIMKernel, FlowMatchingKernel
 from treegrpo.policies import StableDiffusionPolicy
 from treegrpo.samplers import TreeSampler
 from treegrpo.schedules import BranchPlan
@@ -64,3 +64,79 @@ hooks = [dict(type='LoggerHook')]
     trained = runner.policy.trainable_state_dict()
     assert set(trained) == set(initial) and all("lora" in k for k in trained)
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
+
+
+def _train_tiny_sd15(tiny_sd15, tmp_path, lora: str, name: str):
+    config = tmp_path / f"{name}.py"
+    config.write_text(f"""
+policy = dict(type='StableDiffusionPolicy', model_path='{tiny_sd15}', resolution=32, lora={lora},
+              keep_reference=True)
+kernel = dict(type='DDIMKernel', eta=1.0)
+schedule = dict(type='FixedWindow', start=1, depth=1, k=2)
+sampler = dict(type='TreeSampler', num_steps=3)
+advantage = dict(type='TreeBackup')
+reward = dict(type='Colorfulness')
+loss = dict(type='GRPOClipLoss', clip_range=0.2)
+train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
+optimizer = dict(type='AdamW', lr=5e-2)
+max_iters = 1
+prompts_per_iter = 2
+hooks = [dict(type='CheckpointHook', interval=1)]
+""")
+    runner = train_main([str(config), "--work-dir", str(tmp_path / name)])
+    return runner, tmp_path / name / "checkpoints" / "iter_1"
+
+
+def _unet_args(policy):
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond = policy.encode_prompts(["a red circle"])
+    return (latents, torch.tensor([500])), dict(encoder_hidden_states=cond["prompt_embeds"], return_dict=False)
+
+
+def test_sd15_lora_checkpoint_loads_into_a_stock_pipeline(tiny_sd15, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, "dict(r=4, alpha=8)", "lora")
+    assert (ckpt / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    stock = StableDiffusionPipeline.from_pretrained(tiny_sd15, safety_checker=None, requires_safety_checker=False)
+    args, kwargs = _unet_args(runner.policy)
+    with torch.no_grad():
+        base = stock.unet(*args, **kwargs)[0]
+        stock.load_lora_weights(ckpt / "lora")
+        loaded = stock.unet(*args, **kwargs)[0]
+        trained = runner.policy.unwrapped_denoiser()(*args, **kwargs)[0]
+    assert not torch.allclose(base, trained)
+    torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_sd15_full_fine_tune_exports_a_diffusers_unet(tiny_sd15, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, "None", "full")
+    assert not (ckpt / "lora").exists() and (ckpt / "unet" / "config.json").is_file()
+    exported = UNet2DConditionModel.from_pretrained(ckpt / "unet")
+    base = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+    args, kwargs = _unet_args(runner.policy)
+    with torch.no_grad():
+        trained = runner.policy.unwrapped_denoiser()(*args, **kwargs)[0]
+        assert not torch.allclose(base(*args, **kwargs)[0], trained)
+        torch.testing.assert_close(exported(*args, **kwargs)[0], trained, rtol=1e-5, atol=1e-5)
+
+
+def test_v_prediction_unet_needs_a_v_prediction_kernel(tiny_sd15, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.save_pretrained(tmp_path / "sd2_v")
+    policy = StableDiffusionPolicy(str(tmp_path / "sd2_v"), resolution=32)
+    assert policy.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="predicts 'v_prediction'.*prediction_type='v_prediction'"):
+        policy.check_kernel(DDIMKernel(eta=1.0))
+    with pytest.raises(ValueError, match="needs kernel type 'DDIMKernel'"):
+        policy.check_kernel(FlowMatchingKernel(eta=0.7))
+    kernel = DDIMKernel(eta=1.0, prediction_type="v_prediction")
+    policy.check_kernel(kernel)
+    rollout = TreeSampler(num_steps=3).sample(policy, kernel, ["a cat"], BranchPlan(0, 2, 2),
+                                              torch.Generator().manual_seed(0))
+    assert rollout.images.shape == (4, 3, 32, 32) and torch.isfinite(rollout.log_prob[1:]).all()

@@ -35,4 +35,6 @@ def load_policy(cfg: Config, checkpoint: str | Path | None = None, device: str |
     if checkpoint is not None:
         policy.load_trainable_state_dict(load_checkpoint(resolve_checkpoint(checkpoint))[0])
     policy.denoiser.eval()
-    return policy, build(KERNELS, cfg.kernel)
+    kernel = build(KERNELS, cfg.kernel)
+    policy.check_kernel(kernel)
+    return policy, kernel

@@ -81,6 +81,7 @@ class Runner:
         torch.manual_seed(self.seed)
         self.policy = build(POLICIES, cfg.policy).to(self.device)
         self.kernel = build(KERNELS, cfg.kernel)
+        self.policy.check_kernel(self.kernel)
         self.schedule = build(SCHEDULES, cfg.schedule)
         self.sampler = build(SAMPLERS, cfg.sampler)
         self.reward = build(REWARDS, cfg.reward)

@@ -24,10 +24,20 @@ class Policy(nn.Module, abc.ABC):
 
     denoiser: nn.Module
     latent_shape: tuple[int, int, int]
+    kernel_type: str | None = None  # registered kernel that reads this model's outputs (None: any)
 
     def __init__(self) -> None:
         super().__init__()
         self.nfe = 0
+
+    def check_kernel(self, kernel) -> None:
+        """Raise ValueError when ``kernel`` cannot interpret this policy's model outputs (e.g. a
+        DDIM kernel on a flow model, or an epsilon kernel on a v-prediction UNet)."""
+        if self.kernel_type is not None and type(kernel).__name__ != self.kernel_type:
+            raise ValueError(
+                f"{type(self).__name__} needs kernel type {self.kernel_type!r}, the config has "
+                f"{type(kernel).__name__!r}: set kernel = dict(type='{self.kernel_type}', ...)"
+            )
 
     # --- conditioning -------------------------------------------------------------------
     @abc.abstractmethod

@@ -54,9 +54,12 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
 class DiffusersPolicy(Policy):
     """Shared behaviour of the diffusers policies: device, cached prompt encoding, CFG null prompt.
 
-    Subclasses set ``self.vae``, ``self.negative_prompt``, ``self.cache_prompt_embeds`` and
-    implement ``_encode(prompts) -> dict of [P, ...] tensors``.
+    Subclasses set ``self.pipe``, ``self.vae``, ``self.negative_prompt``,
+    ``self.cache_prompt_embeds``, the class attribute ``component`` (the pipeline's name of the
+    denoiser: 'transformer' or 'unet') and implement ``_encode(prompts) -> dict of [P, ...] tensors``.
     """
+
+    component: str = "transformer"
 
     @property
     def device(self) -> torch.device:
@@ -75,3 +78,23 @@ class DiffusersPolicy(Policy):
     def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
         null = self.encode_prompts([self.negative_prompt])
         return {key: value.expand(batch_size, *value.shape[1:]) for key, value in null.items()}
+
+    def save_export(self, directory: Path) -> None:
+        """Write the trained denoiser in diffusers' own format into ``directory``:
+
+        - LoRA: ``lora/pytorch_lora_weights.safetensors`` (diffusers layout, ``lora_alpha`` kept in
+          the metadata), so a stock pipeline loads it with ``pipe.load_lora_weights(directory/'lora')``;
+        - full fine-tuning: ``<component>/`` (``config.json`` + safetensors), loadable with
+          ``<ModelClass>.from_pretrained(directory/'<component>')`` or as the pipeline's component.
+        """
+        model = self.unwrapped_denoiser()
+        if not getattr(model, "_hf_peft_config_loaded", False):
+            model.save_pretrained(Path(directory) / self.component, safe_serialization=True)
+            return
+        from peft.utils import get_peft_model_state_dict
+
+        layers = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        metadata = model.peft_config["default"].to_dict()  # lora_alpha sets the scale when loading
+        type(self.pipe).save_lora_weights(
+            Path(directory) / "lora", **{f"{self.component}_lora_layers": layers,
+                                         f"{self.component}_lora_adapter_metadata": metadata})

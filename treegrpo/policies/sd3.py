@@ -32,6 +32,8 @@ class SD3Policy(DiffusersPolicy):
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
     """
 
+    kernel_type = "FlowMatchingKernel"
+
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, use_t5: bool = True, negative_prompt: str = "",
                  keep_reference: bool = False, gradient_checkpointing: bool = False,
@@ -63,20 +65,6 @@ class SD3Policy(DiffusersPolicy):
         self.max_sequence_length = max_sequence_length
         self.cache_prompt_embeds = cache_prompt_embeds
         self.to(device)
-
-    def save_export(self, directory: Path) -> None:
-        """LoRA runs: ``<directory>/lora/pytorch_lora_weights.safetensors`` in the diffusers
-        layout, so a stock pipeline loads it with ``pipe.load_lora_weights(<directory>/lora)``."""
-        model = self.unwrapped_denoiser()
-        if not getattr(model, "_hf_peft_config_loaded", False):
-            return
-        from diffusers import StableDiffusion3Pipeline
-        from peft.utils import get_peft_model_state_dict
-
-        layers = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        metadata = model.peft_config["default"].to_dict()  # keeps lora_alpha (the scale) for loading
-        StableDiffusion3Pipeline.save_lora_weights(Path(directory) / "lora", transformer_lora_layers=layers,
-                                                   transformer_lora_adapter_metadata=metadata)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(

@@ -30,6 +30,9 @@ class StableDiffusionPolicy(DiffusersPolicy):
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
     """
 
+    component = "unet"
+    kernel_type = "DDIMKernel"
+
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, negative_prompt: str = "", keep_reference: bool = False,
                  gradient_checkpointing: bool = False, cache_prompt_embeds: bool = True,
@@ -53,6 +56,14 @@ class StableDiffusionPolicy(DiffusersPolicy):
         self.negative_prompt = negative_prompt
         self.cache_prompt_embeds = cache_prompt_embeds
         self.to(device)
+
+    def check_kernel(self, kernel) -> None:
+        super().check_kernel(kernel)
+        if kernel.prediction_type != self.prediction_type:
+            raise ValueError(
+                f"the UNet predicts {self.prediction_type!r} but the kernel reads "
+                f"{kernel.prediction_type!r}: set kernel.prediction_type='{self.prediction_type}'"
+            )
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, do_classifier_free_guidance=False)

@@ -30,6 +30,8 @@ class ToyFlowPolicy(Policy):
         device: where the models live.
     """
 
+    kernel_type = "FlowMatchingKernel"
+
     latent_shape = (3, 32, 32)
 
     def __init__(
