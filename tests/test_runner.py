@@ -255,3 +255,23 @@ def test_per_step_batches_train(tmp_path):
     records = read_log(tmp_path / "run")
     assert records[0]["losses/onpolicy_ratio_max_dev"] == 0.0
     assert records[0]["update/nfe"] == 2 * 3 and runner.iteration == 2  # one forward per parent
+
+
+@REWARDS.register_module(force=True)
+class BrightnessWithPartsReward:
+    """Mean brightness that also reports the mean of its red channel via ``log_values``."""
+
+    def __call__(self, images, prompts):
+        self.red = images[:, 0].mean().item()
+        return images.mean(dim=(1, 2, 3))
+
+    def log_values(self):
+        return {"reward/red": self.red}
+
+
+def test_reward_log_values_reach_the_log(tmp_path):
+    runner = train_main([write_config(tmp_path, reward="BrightnessWithPartsReward", iters=1),
+                         "--work-dir", str(tmp_path / "run")])
+    record = read_log(tmp_path / "run")[0]
+    assert record["reward/red"] == pytest.approx(runner.reward.red)
+    assert 0.0 <= record["reward/red"] <= 1.0

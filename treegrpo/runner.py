@@ -161,6 +161,8 @@ class Runner:
         with timer(times, "reward"):
             rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
             all_rewards = self.accelerator.gather(rewards).float().cpu()
+            reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
+                            for key, value in sorted(self.reward_log_values().items())}
         advantages = self.advantage(rollout, rewards)
         with timer(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)
@@ -176,6 +178,7 @@ class Runner:
             "reward/std": all_rewards.std(unbiased=False).item(),
             "reward/min": all_rewards.min().item(),
             "reward/max": all_rewards.max().item(),
+            **reward_parts,
             "adv/zero_std_groups": int(self.accelerator.gather(
                 torch.tensor([advantages.zero_std_groups], device=self.device)).sum()),
             "adv/abs_mean": self.accelerator.gather(
@@ -211,6 +214,12 @@ class Runner:
         if failed.sum() > 0:
             raise RewardError(f"reward {self.reward_name!r} failed on another process")
         return rewards
+
+    def reward_log_values(self) -> dict[str, float]:
+        """The reward's own extra log scalars of its last call (rewards not built on
+        :class:`Reward` may lack ``log_values``)."""
+        log_values = getattr(self.reward, "log_values", None)
+        return dict(log_values()) if callable(log_values) else {}
 
     def update(self, rollout, advantages, iteration: int) -> dict[str, float]:
         """Clipped-ratio policy update over all edges, grouped by parent (one forward per parent)."""
