@@ -20,6 +20,9 @@ def tiny_sd3(tmp_path_factory):
 def test_sd3_policy_interface_and_cfg_nfe(tiny_sd3):
     policy = SD3Policy(str(tiny_sd3), resolution=32, lora=dict(r=4))
     assert policy.latent_shape == (16, 16, 16)
+    children = dict(policy.named_children())  # so that policy.to(device) moves every frozen part
+    assert children["text_encoder"] is policy.pipe.text_encoder and children["vae"] is policy.pipe.vae
+    assert children["text_encoder_2"] is policy.pipe.text_encoder_2
     levels = policy.noise_levels(4)
     assert levels.shape == (5,) and levels[0] == 1.0 and levels[-1] == 0.0
     reference = type(policy.pipe.scheduler).from_config(policy.pipe.scheduler.config)

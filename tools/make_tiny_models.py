@@ -1,6 +1,6 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3, <out>/sd15
+    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3, <out>/sd15, <out>/flux
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
 
 The models have the real architectures (same classes, configs and file layout as the hub
@@ -119,7 +119,70 @@ def tiny_sd15_pipeline(seed: int = 0):
     )
 
 
-BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline}
+def unigram_t5_tokenizer(max_length: int = 512):
+    """A T5 tokenizer (SentencePiece-style Unigram, built offline with ``tokenizers``): pad 0,
+    eos 1, unk 2, the word-start mark, and single characters with and without it. Appends ``</s>``."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    mark = "\u2581"  # SentencePiece's word-start symbol
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (mark, -2.0)]
+    pieces += [(mark + c, -2.5) for c in chars] + [(c, -3.0) for c in chars]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=mark, prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement=mark, prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(single=["$A", "</s>"], special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def tiny_flux_pipeline(seed: int = 0):
+    """A FluxPipeline (FLUX.1-dev layout) with random weights: a tiny CLIP text encoder (pooled
+    prompt vector), a tiny T5 encoder (token embeddings), a FluxTransformer2DModel with 1 double-
+    and 1 single-stream block and a guidance embedding, a 2-block VAE with 16 latent channels
+    (FLUX's scaling/shift factors) and FLUX's dynamically shifted flow-matching scheduler."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = byte_level_clip_tokenizer()
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1, pad_token_id=vocab - 1)).eval()
+    tokenizer_2 = unigram_t5_tokenizer()
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0)).eval()
+    torch.manual_seed(seed + 2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=16, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+
+
+BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline}
 
 
 def main(argv=None) -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """Generator wrappers behind one interface (:class:`Policy`)."""
 from .base import Policy
+from .flux import FluxPolicy
 from .sd3 import SD3Policy
 from .stable_diffusion import StableDiffusionPolicy
 from .toy import ToyFlowPolicy
 
-__all__ = ["Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy"]
+__all__ = ["FluxPolicy", "Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy"]

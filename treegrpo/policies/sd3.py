@@ -56,6 +56,9 @@ class SD3Policy(DiffusersPolicy):
             if part is not None:
                 part.requires_grad_(False).eval()
         self.pipe = pipe
+        # registered as submodules so that policy.to(device) moves the text encoders too
+        self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
+        self.text_encoder_3 = pipe.text_encoder_3
         self.vae = pipe.vae
         self.denoiser = pipe.transformer
         make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32)
