@@ -1,0 +1,81 @@
+"""CLIP image preprocessing in pure torch (differentiable, no PIL round trip, no torchvision).
+
+The evaluation transform of open_clip / OpenAI ``clip`` / ``CLIPImageProcessor``:
+
+1. resize so that the *shortest* side equals ``size`` (the long side becomes
+   ``int(size * long / short)``, truncated, as torchvision and transformers compute it), bicubic
+   with antialiasing (``F.interpolate(..., antialias=True)`` follows PIL's bicubic filter);
+2. center crop ``size x size``; the crop offset is ``round((H - size) / 2)`` (Python's rounding,
+   as torchvision's ``CenterCrop`` used by open_clip and OpenAI CLIP) or ``(H - size) // 2``
+   (``floor``, as ``CLIPImageProcessor.center_crop``); the two differ only for odd margins;
+3. normalise per channel with the OpenAI CLIP mean and std (also used by the LAION ViT-H-14).
+
+Unlike the reference pipelines, images are not quantised to uint8 first; the resized values are
+clamped to [0, 1] (what the uint8 PIL path does to bicubic overshoot).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROP_ROUNDINGS = ("round", "floor")
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the shortest side to ``size`` (long side truncated)."""
+    if height <= 0 or width <= 0 or size <= 0:
+        raise ValueError(f"height, width and size must be positive, got {height}, {width}, {size}")
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def center_crop_offsets(height: int, width: int, size: int, rounding: str = "round") -> tuple[int, int]:
+    """(top, left) of a centred ``size x size`` crop of a ``height x width`` image.
+
+    ``rounding='round'``: ``int(round(margin / 2))`` (torchvision); ``'floor'``: ``margin // 2``
+    (transformers' ``CLIPImageProcessor``).
+    """
+    if rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"crop_rounding must be one of {CROP_ROUNDINGS}, got {rounding!r}")
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from a {height}x{width} image")
+    if rounding == "round":
+        return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return (height - size) // 2, (width - size) // 2
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[B, 3, H, W] -> (images - mean[c]) / std[c] per channel."""
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def clip_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+    crop_rounding: str = "round",
+) -> torch.Tensor:
+    """[B, 3, H, W] float in [0, 1] -> [B, 3, size, size] float32 CLIP pixel values.
+
+    Resize (shortest side to ``size``, bicubic, antialias; skipped when already that size),
+    clamp to [0, 1], center crop, normalise. Differentiable with respect to ``images``.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
+    images = images.float()
+    height, width = images.shape[-2:]
+    new_h, new_w = resized_shape(height, width, size)
+    if (new_h, new_w) != (height, width):
+        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
+                               antialias=True).clamp(0.0, 1.0)
+    top, left = center_crop_offsets(new_h, new_w, size, crop_rounding)
+    images = images[:, :, top:top + size, left:left + size]
+    return normalize(images, mean, std)
