@@ -1,0 +1,80 @@
+"""tools/bench_rollout.py on CPU: tiny SD3 (random weights) and the toy policy, one iteration each."""
+import json
+
+import pytest
+import torch
+
+from tools import bench_rollout
+from tools.bench_rollout import flat_nfe, main, parse_args, tree_nfe
+
+SMALL = ["--iters", "1", "--warmup", "0", "--prompts-per-iter", "2", "--k", "2", "--depth", "2",
+         "--num-steps", "4", "--window-start", "1"]
+
+
+def test_closed_forms_against_hand_counts():
+    # 2 prompts, binary tree of depth 2 starting at step 1 of 4: prefix 1 + levels 1 + 2 + 4 leaves x 1 suffix
+    assert tree_nfe(2, 2, 2, 1, 4) == (2 * (1 + 1 + 2 + 4 * 1), 2 * (1 + 2))
+    assert tree_nfe(1, 3, 1, 0, 5) == (1 + 3 * 4, 1)
+    assert flat_nfe(2, 4, 2, 4) == (2 * 4 * 4, 2 * 4 * 2)
+
+
+def _check(results, nfe, edges, policy):
+    assert results["device"]["type"] == "cpu" and results["memory_kind"] == "cpu_peak_rss"
+    assert results["versions"]["torch"] == torch.__version__ and results["versions"]["diffusers"]
+    assert results["shapes"] == "tiny" and results["dtype"] == "float32" and results["model"]["policy"] == policy
+    assert results["config"]["images_per_prompt"] == 4 and results["config"]["window_start"] == 1
+    for mode, r in results["modes"].items():
+        seconds = r["seconds"]
+        assert all(seconds[p] > 0 for p in ("sample", "reward", "advantage", "update"))
+        assert seconds["total"] == pytest.approx(sum(seconds[p] for p in ("sample", "reward", "advantage", "update")))
+        assert r["nfe_per_iter"] == {"sample": nfe[mode][0], "update": nfe[mode][1], "total": sum(nfe[mode])}
+        assert r["nfe_closed_form"] == {"sample": nfe[mode][0], "update": nfe[mode][1]}
+        assert r["nfe_per_second"]["total"] == pytest.approx(sum(nfe[mode]) / seconds["total"])
+        assert r["nfe_per_second"]["sample"] == pytest.approx(nfe[mode][0] / seconds["sample"])
+        assert r["images_per_iter"] == 2 * 4 and r["edges_per_iter"] == edges[mode]
+        assert all(v > 10 for v in r["peak_memory_mib"].values())  # MiB of the process RSS
+        assert r["trainable_parameters"] > 0 and all(torch.isfinite(torch.tensor(r["loss"])))
+    ratio = results["modes"]["flat"]["seconds"]["total"] / results["modes"]["tree"]["seconds"]["total"]
+    assert results["flat_over_tree"]["seconds_per_iter"] == pytest.approx(ratio)
+
+
+def test_sd3_tiny_random_weights(tmp_path):
+    out = tmp_path / "sd3.json"
+    results = main(["--policy", "sd3", "--random-weights", "--shapes", "tiny", "--device", "cpu",
+                    "--out", str(out), *SMALL])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    # tree: 2 x (1 + 1 + 2 + 4) sampling forwards, 2 x 3 parents; flat: 2 x 4 chains x 4 steps, x 2 edges
+    _check(results, {"tree": (16, 6), "flat": (32, 16)}, {"tree": 12, "flat": 16}, "sd3")
+    assert results["model"]["weights"] == "random" and results["model"]["lora"]["r"] == 32
+    assert results["modes"]["tree"]["latent_shape"] == [16, 16, 16]
+    assert results["modes"]["tree"]["trainable_parameters"] < results["modes"]["tree"]["denoiser_parameters"]
+
+
+def test_toy_with_cfg_and_kl_counts_every_forward(tmp_path):
+    results = main(["--policy", "toy", "--device", "cpu", "--guidance-scale", "2.0", "--kl-beta", "0.1",
+                    "--out", str(tmp_path / "toy.json"), *SMALL])
+    # CFG doubles every forward; the KL term adds a reference forward per parent in the update
+    _check(results, {"tree": (32, 24), "flat": (64, 64)}, {"tree": 12, "flat": 16}, "toy")
+
+
+def test_real_shapes_builders_match_the_published_sizes():
+    with torch.device("meta"):  # no memory: shapes only
+        sd3, sd15 = bench_rollout.real_sd3_pipeline(), bench_rollout.real_sd15_pipeline()
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(sd15.unet) == 859_520_964 and count(sd15.text_encoder) == 123_060_480  # SD1.5 UNet, CLIP-L
+    assert count(sd15.vae) == 83_653_863 and count(sd3.text_encoder_2) == 694_659_840  # SD VAE, CLIP-G
+    transformer = sd3.transformer  # SD3.5-medium: 2.47B tensors with the 384x384 position table
+    assert count(transformer) + transformer.pos_embed.pos_embed.numel() == 2_469_663_936
+    assert sd3.vae.config.latent_channels == 16 and sd3.text_encoder_3 is None
+    assert len([b for b in transformer.transformer_blocks if b.attn2 is not None]) == 13
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="needs --random-weights or --model-path"):
+        parse_args(["--policy", "sd3", "--device", "cpu"])
+    with pytest.raises(ValueError, match="--k must be >= 2"):
+        parse_args(["--policy", "toy", "--k", "1"])
+    with pytest.raises(ValueError, match="window-start"):
+        parse_args(["--policy", "toy", "--depth", "3", "--num-steps", "4", "--window-start", "2"])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        parse_args(["--policy", "toy", "--dtype", "int8"])

@@ -1,0 +1,210 @@
+"""LoRA export to ComfyUI's layout (treegrpo/lora_export.py, tools/export_lora.py), offline on CPU."""
+import re
+
+import pytest
+import torch
+
+from tools.export_lora import main as export_main
+from tools.make_tiny_models import main as make_tiny
+from tools.train import main as train_main
+from treegrpo.checkpoint import save_checkpoint
+from treegrpo.lora_export import (LoraModule, detect_family, diffusers_state, from_comfyui, from_diffusers,
+                                  known_module_names, load_checkpoint_lora, read_safetensors, to_comfyui,
+                                  to_diffusers, unsupported_modules, write_safetensors)
+
+RUN_CONFIG = """
+policy = dict(type='{policy}', model_path='{model}', resolution=32, lora=dict(r=4, alpha=8))
+kernel = dict(type='{kernel}', eta={eta})
+schedule = dict(type='FixedWindow', start=0, depth=1, k=2)
+sampler = dict(type='TreeSampler', num_steps=2)
+advantage = dict(type='TreeBackup')
+reward = dict(type='Colorfulness')
+loss = dict(type='GRPOClipLoss', clip_range=0.2)
+train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
+optimizer = dict(type='AdamW', lr=5e-2)
+max_iters = 1
+prompts_per_iter = 2
+hooks = [dict(type='CheckpointHook', interval=1)]
+"""
+SD3 = dict(policy="SD3Policy", kernel="FlowMatchingKernel", eta=0.7)
+SD15 = dict(policy="StableDiffusionPolicy", kernel="DDIMKernel", eta=1.0)
+PARTS = r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3", "sd15"])
+
+
+def _train(tmp_path_factory, tiny, name, spec):
+    root = tmp_path_factory.mktemp(name)
+    config = root / f"{name}.py"
+    config.write_text(RUN_CONFIG.format(model=tiny[name], **spec))
+    runner = train_main([str(config), "--work-dir", str(root / "run")])
+    return runner, root / "run"
+
+
+@pytest.fixture(scope="module")
+def sd3_run(tmp_path_factory, tiny):
+    return _train(tmp_path_factory, tiny, "sd3", SD3)
+
+
+@pytest.fixture(scope="module")
+def sd15_run(tmp_path_factory, tiny):
+    return _train(tmp_path_factory, tiny, "sd15", SD15)
+
+
+def _comfy_merge(weight: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    """ComfyUI's calculate_weight for a 'lora' patch at strength 1, written from its source."""
+    up, down = state[key + ".lora_up.weight"].float(), state[key + ".lora_down.weight"].float()
+    alpha = state[key + ".alpha"].item() / down.shape[0]
+    return weight.float() + alpha * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+
+
+def _check_comfy_semantics(runner, stock_model, out_file, prefix, forward_args):
+    """Every exported module equals peft's merged weight, and a stock model patched the way
+    ComfyUI patches it reproduces the trained model's output."""
+    state, _ = read_safetensors(out_file)
+    trained = runner.policy.unwrapped_denoiser()
+    key_map = {prefix + n.replace(".", "_"): n for n, _ in stock_model.named_modules()}  # as ComfyUI builds it
+    keys = sorted({re.sub(PARTS, "", k) for k in state})
+    assert keys and all(k in key_map for k in keys)
+    with torch.no_grad():
+        assert not torch.allclose(stock_model(**forward_args)[0], trained(**forward_args)[0])  # training moved it
+        for key in keys:
+            layer = trained.get_submodule(key_map[key])
+            peft_merged = layer.base_layer.weight + layer.get_delta_weight("default")
+            torch.testing.assert_close(_comfy_merge(layer.base_layer.weight, state, key), peft_merged.float())
+            target = stock_model.get_submodule(key_map[key]).weight
+            target.copy_(_comfy_merge(target, state, key))
+        torch.testing.assert_close(stock_model(**forward_args)[0], trained(**forward_args)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sd3_round_trip_diffusers_comfyui_diffusers(sd3_run, tiny, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    runner, run_dir = sd3_run
+    lora_file = run_dir / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors"
+    original, metadata = read_safetensors(lora_file)
+    prefix, modules = from_diffusers(original, metadata)
+    assert prefix == "transformer" and all(m.alpha == 8.0 and m.rank == 4 for m in modules.values())
+    comfy = to_comfyui(modules, "sd3")
+    for known in (list(modules), known_module_names(runner.policy.unwrapped_denoiser())):
+        back, back_meta = to_diffusers(comfy, "sd3", known)
+        assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
+        _, again = from_diffusers(back, back_meta)
+        assert {n: m.alpha for n, m in again.items()} == {n: m.alpha for n, m in modules.items()}
+    # the round-tripped file still loads into a stock pipeline and gives the trained transformer
+    write_safetensors(tmp_path / "lora" / "pytorch_lora_weights.safetensors", back, back_meta)
+    stock = StableDiffusion3Pipeline.from_pretrained(tiny["sd3"], text_encoder_3=None, tokenizer_3=None)
+    stock.load_lora_weights(tmp_path / "lora")
+    cond = runner.policy.encode_prompts(["a red circle"])
+    args = dict(hidden_states=torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0)),
+                timestep=torch.tensor([500.0]), encoder_hidden_states=cond["prompt_embeds"],
+                pooled_projections=cond["pooled"], return_dict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(stock.transformer(**args)[0], runner.policy.unwrapped_denoiser()(**args)[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_sd3_export_keys_and_comfyui_semantics(sd3_run, tiny, tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    runner, run_dir = sd3_run
+    out = export_main([str(run_dir), "--out", str(tmp_path / "sd3.safetensors")])  # family from the config
+    state, metadata = read_safetensors(out)
+    assert metadata["treegrpo_family"] == "sd3" and metadata["ss_network_alpha"] == "8.0"
+    pattern = re.compile(r"^lora_transformer_transformer_blocks_[01]_attn_(to_q|to_k|to_v|to_out_0)" + PARTS)
+    assert len(state) == 2 * 4 * 3 and all(pattern.match(k) for k in state)
+    assert state["lora_transformer_transformer_blocks_0_attn_to_out_0.lora_up.weight"].shape == (16, 4)
+    alpha = state["lora_transformer_transformer_blocks_1_attn_to_k.alpha"]
+    assert alpha.shape == () and alpha.dtype == torch.float32 and alpha.item() == 8.0
+    stock = SD3Transformer2DModel.from_pretrained(tiny["sd3"] / "transformer")
+    cond = runner.policy.encode_prompts(["a blue square"])
+    args = dict(hidden_states=torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(1)),
+                timestep=torch.tensor([300.0, 800.0]), encoder_hidden_states=cond["prompt_embeds"].expand(2, -1, -1),
+                pooled_projections=cond["pooled"].expand(2, -1), return_dict=False)
+    _check_comfy_semantics(runner, stock, out, "lora_transformer_", args)
+    # the peft tensors of model.safetensors + alpha from the run's config.py give the same LoRA
+    from_peft_modules, info = load_checkpoint_lora(run_dir / "checkpoints" / "iter_1", source="peft")
+    from_lora_modules, _ = load_checkpoint_lora(run_dir / "checkpoints" / "iter_1", source="diffusers")
+    assert info["policy_type"] == "SD3Policy" and set(from_peft_modules) == set(from_lora_modules)
+    for name, module in from_lora_modules.items():
+        assert torch.equal(from_peft_modules[name].down, module.down) and torch.equal(from_peft_modules[name].up, module.up)
+        assert from_peft_modules[name].alpha == module.alpha == 8.0
+
+
+def test_sd15_export_from_peft_tensors(sd15_run, tiny, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    runner, run_dir = sd15_run
+    checkpoint = run_dir / "checkpoints" / "iter_1"
+    out = export_main([str(checkpoint), "--out", str(tmp_path / "sd15.safetensors"), "--source", "peft",
+                       "--dtype", "bfloat16"])
+    state, metadata = read_safetensors(out)
+    assert metadata["treegrpo_family"] == "sd15" and metadata["treegrpo_source"].endswith("model.safetensors")
+    pattern = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block)_attentions_\d+_transformer_blocks_\d+"
+                         r"_attn[12]_(to_q|to_k|to_v|to_out_0)" + PARTS)
+    assert state and all(pattern.match(k) for k in state)
+    assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight" in state
+    assert all(v.dtype == (torch.float32 if k.endswith(".alpha") else torch.bfloat16) for k, v in state.items())
+    assert {v.item() for k, v in state.items() if k.endswith(".alpha")} == {8.0}  # from the run's config.py
+    modules, _ = load_checkpoint_lora(checkpoint, source="peft")
+    assert unsupported_modules("sd15", modules) == []
+    exact = export_main([str(checkpoint), "--out", str(tmp_path / "fp32.safetensors"), "--source", "peft"])
+    stock = UNet2DConditionModel.from_pretrained(tiny["sd15"] / "unet")
+    cond = runner.policy.encode_prompts(["a red circle"])
+    args = dict(sample=torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2)),
+                timestep=torch.tensor([400]), encoder_hidden_states=cond["prompt_embeds"], return_dict=False)
+    _check_comfy_semantics(runner, stock, exact, "lora_unet_", args)
+    back, _ = to_diffusers(read_safetensors(exact)[0], "sd15", known_module_names(runner.policy.unwrapped_denoiser()))
+    assert set(back) == {f"unet.{n}.lora_{ab}.weight" for n in modules for ab in "AB"}
+
+
+def test_hand_computed_delta_and_flux_round_trip_with_mixed_ranks():
+    module = LoraModule(down=torch.tensor([[1.0, 2.0]]), up=torch.tensor([[3.0], [4.0]]), alpha=2.0)
+    assert module.scale == 2.0
+    torch.testing.assert_close(module.delta(), torch.tensor([[6.0, 12.0], [8.0, 16.0]]))
+    gen = torch.Generator().manual_seed(0)
+    names = {"single_transformer_blocks.0.attn.to_q": (4, 4.0), "transformer_blocks.0.attn.add_q_proj": (4, 1.0),
+             "transformer_blocks.1.ff.net.0.proj": (2, 16.0)}
+    modules = {n: LoraModule(torch.randn(r, 6, generator=gen), torch.randn(5, r, generator=gen), a)
+               for n, (r, a) in names.items()}
+    state, metadata = diffusers_state(modules, "transformer")
+    prefix, parsed = from_diffusers(state, metadata)
+    assert prefix == "transformer" and {n: (m.rank, m.alpha) for n, m in parsed.items()} == names
+    assert detect_family(parsed, prefix) == "flux" and unsupported_modules("flux", parsed) == []
+    comfy = to_comfyui(parsed, "flux")
+    assert "lora_transformer_single_transformer_blocks_0_attn_to_q.alpha" in comfy
+    back = from_comfyui(comfy, "flux", list(names) + ["transformer_blocks.0.attn.to_out.0"])
+    assert {n: (m.rank, m.alpha) for n, m in back.items()} == names
+    assert all(torch.equal(back[n].up, modules[n].up) for n in names)
+    no_alpha = {k: v for k, v in comfy.items() if not k.endswith(".alpha")}  # ComfyUI: scale 1
+    assert {m.alpha for m in from_comfyui(no_alpha, "flux", names).values()} == {4.0, 2.0}
+    assert detect_family(["down_blocks.0.attentions.0.proj_in"]) == "sd15"
+    assert detect_family(["transformer_blocks.0.attn.to_q"]) == "sd3"
+    assert unsupported_modules("sd3", ["transformer_blocks.0.attn2.to_q", "pos_embed.proj"]) == ["pos_embed.proj"]
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_main([str(tmp_path / "no_run_here"), "--out", str(tmp_path / "x.safetensors")])
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        export_main([str(tmp_path / "empty_run"), "--out", str(tmp_path / "x.safetensors")])
+    full = save_checkpoint(tmp_path / "full" / "checkpoints" / "iter_3",
+                           {"conv_in.weight": torch.zeros(2, 2), "conv_in.bias": torch.zeros(2)}, {}, {})
+    with pytest.raises(ValueError, match="full fine-tuning checkpoint"):
+        export_main([str(tmp_path / "full"), "--out", str(tmp_path / "x.safetensors")])
+    with pytest.raises(FileNotFoundError, match="wrote no diffusers LoRA"):
+        load_checkpoint_lora(full, source="diffusers")
+    with pytest.raises(ValueError, match=r"family must be one of \['flux', 'sd15', 'sd3'\], got family='sdxl'"):
+        export_main([str(full), "--out", str(tmp_path / "x.safetensors"), "--family", "sdxl"])
+    with pytest.raises(ValueError, match="source must be one of"):
+        load_checkpoint_lora(full, source="kohya")
+    comfy = to_comfyui({"a.b_c": LoraModule(torch.ones(1, 2), torch.ones(2, 1), 1.0)}, "sd3")
+    with pytest.raises(ValueError, match="both become 'a_b_c'"):
+        from_comfyui(comfy, "sd3", ["a.b_c", "a_b.c"])
+    with pytest.raises(KeyError, match="names no known module"):
+        from_comfyui(comfy, "sd3", ["x.y"])
+    assert not (tmp_path / "x.safetensors").exists()

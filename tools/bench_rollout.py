@@ -1,0 +1,367 @@
+"""Cost of one training iteration with tree vs flat rollouts: time split, NFE/s and peak memory.
+
+    python tools/bench_rollout.py --policy sd3 --random-weights --out work_dirs/bench_rollout/sd3.json
+    python tools/bench_rollout.py --policy sd3 --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
+    python tools/bench_rollout.py --policy sd3 --model-path /models/stable-diffusion-3.5-medium --guidance-scale 4.5
+
+Each mode (``tree``: TreeSampler + TreeBackup; ``flat``: FlatSampler + GroupNorm with
+G = k**depth images per prompt, the same window, reward, loss and update) builds the project's own
+Runner from a config and runs its pieces - sampler, ``Runner.score``, the advantage estimator and
+``Runner.update`` - timing each phase between ``torch.cuda.synchronize`` calls. ``--random-weights``
+builds the pipeline in memory (real shapes: SD3.5-medium transformer with CLIP-L/G and the 16-channel
+VAE, no T5; or SD1.5; tiny shapes: tools/make_tiny_models.py), saves it to a temporary folder
+(safetensors, in ``--dtype``) and loads it through the real policy class with the LoRA of
+configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import platform
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+from tools.make_tiny_models import byte_level_clip_tokenizer, tiny_sd3_pipeline, tiny_sd15_pipeline  # noqa: E402
+from treegrpo.inference import load_config  # noqa: E402
+from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
+from treegrpo.runner import Runner  # noqa: E402
+
+PHASES = ("sample", "reward", "advantage", "update")
+BASE_CONFIGS = {"sd3": "configs/_base_/models/sd35_medium.py", "sd15": "configs/_base_/models/sd15.py",
+                "toy": "configs/_base_/models/toy_flow.py"}
+PROMPTS = ["a photo of a cat on a sofa", "a red car in the rain", "a bowl of fruit on a wooden table",
+           "a lighthouse at sunset", "an astronaut riding a horse", "a city street at night",
+           "a watercolor painting of mountains", "a close-up of a sunflower"]
+# stabilityai/stable-diffusion-3.5-medium transformer/config.json
+SD35_MEDIUM_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                               attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                               caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+                               dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              hidden_act="quick_gelu", projection_dim=768)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              hidden_act="gelu", projection_dim=1280)
+VAE_COMMON = dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  norm_num_groups=32)
+SD3_VAE = dict(VAE_COMMON, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+               shift_factor=0.0609, scaling_factor=1.5305)
+SD15_VAE = dict(VAE_COMMON, latent_channels=4, sample_size=512, scaling_factor=0.18215)
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+T5_NOTE = ("omitted (use_t5=False): the pipeline feeds zeros in place of the 256 T5 tokens, so the transformer "
+           "sees the same 333 text tokens; T5-XXL encoding (once per prompt, cached) is not measured")
+
+
+def clip_encoder(spec: dict, projection: bool):
+    """A random CLIP text encoder with the real sizes over the byte-level tokenizer's ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = len(byte_level_clip_tokenizer())  # bos = vocab - 2, eos = vocab - 1
+    config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=vocab - 2,
+                            eos_token_id=vocab - 1, pad_token_id=vocab - 1, **spec)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def real_sd3_pipeline():
+    """SD3.5-medium sizes, random weights: MMDiT-X transformer, CLIP-L + CLIP-G, 16-channel VAE, no T5."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(**SD3_VAE), text_encoder=clip_encoder(CLIP_L, True), tokenizer=byte_level_clip_tokenizer(),
+        text_encoder_2=clip_encoder(CLIP_G, True), tokenizer_2=byte_level_clip_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None)
+
+
+def real_sd15_pipeline():
+    """SD1.5 sizes, random weights: 860M UNet, CLIP-L text encoder, 4-channel VAE, DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD15_VAE), text_encoder=clip_encoder(CLIP_L, False), tokenizer=byte_level_clip_tokenizer(),
+        unet=UNet2DConditionModel(**SD15_UNET), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+BUILDERS = {("sd3", "real"): real_sd3_pipeline, ("sd15", "real"): real_sd15_pipeline,
+            ("sd3", "tiny"): tiny_sd3_pipeline, ("sd15", "tiny"): tiny_sd15_pipeline}
+RESOLUTION = {"real": 512, "tiny": 32}
+
+
+def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder: Path) -> dict:
+    """Build the pipeline with random weights on ``device``, cast to ``dtype``, save it to ``folder``."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        pipe = BUILDERS[(policy, shapes)]()
+    pipe.to(check_dtype(dtype)).save_pretrained(folder, safe_serialization=True)
+    del pipe
+    empty_cache(device)
+    if shapes == "tiny":
+        return {"builder": f"tools/make_tiny_models.py tiny_{policy}_pipeline"}
+    if policy == "sd3":
+        return {"transformer": SD35_MEDIUM_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": CLIP_G,
+                "t5": T5_NOTE, "vae": SD3_VAE}
+    return {"unet": SD15_UNET, "text_encoder": CLIP_L, "vae": SD15_VAE}
+
+
+# ----------------------------------------------------------------------------- closed forms
+def tree_nfe(prompts: int, k: int, depth: int, start: int, num_steps: int) -> tuple[int, int]:
+    """(sampling, update) forwards without CFG: ``P (p + sum_l k^(l-1) + k^d s)`` and one per parent."""
+    suffix = num_steps - start - depth
+    sample = prompts * (start + sum(k ** (level - 1) for level in range(1, depth + 1)) + k**depth * suffix)
+    return sample, prompts * sum(k**level for level in range(depth))
+
+
+def flat_nfe(prompts: int, group: int, depth: int, num_steps: int) -> tuple[int, int]:
+    """(sampling, update) forwards without CFG: ``P G T`` and ``P G d`` (one per chain edge)."""
+    return prompts * group * num_steps, prompts * group * depth
+
+
+# ----------------------------------------------------------------------------- measuring
+def empty_cache(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _rss_bytes(field: str = "VmHWM") -> int:
+    """Peak (VmHWM, reset per phase) or current (VmRSS) RSS from /proc/self/status; elsewhere
+    getrusage's lifetime maximum."""
+    try:
+        return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def _peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes()
+
+
+def memory_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated, reset before each phase (weights, optimizer state included)"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "process peak RSS (VmHWM), reset before each phase"
+    except OSError:
+        return "process peak RSS since start (getrusage; this system cannot reset it per phase)"
+
+
+@contextlib.contextmanager
+def phase(record: dict, name: str, device: torch.device):
+    """Time a phase between device synchronisations and record its peak memory."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    record["seconds"][name] = time.perf_counter() - start
+    record["peak_bytes"][name] = _peak(device)
+
+
+def one_iteration(runner: Runner, iteration: int) -> dict:
+    """One training iteration from the runner's own pieces (as Runner.train_iteration runs them)."""
+    record: dict = {"seconds": {}, "peak_bytes": {}}
+    prompts = runner.prompts_for(iteration)
+    plan = runner.schedule.plan(iteration, runner.sampler.num_steps, runner.generator("schedule", iteration, rank=0))
+    with phase(record, "sample", runner.device):
+        runner.policy.denoiser.eval()
+        rollout = runner.sampler.sample(runner.policy, runner.kernel, prompts, plan,
+                                        runner.generator("sample", iteration))
+    with phase(record, "reward", runner.device):
+        rewards = runner.score(rollout.images, rollout.leaf_prompts).to(runner.device)
+    with phase(record, "advantage", runner.device):
+        advantages = runner.advantage(rollout, rewards)
+    with phase(record, "update", runner.device):
+        stats = runner.update(rollout, advantages, iteration)
+    record.update(nfe_sample=rollout.nfe, nfe_update=stats["nfe"], leaves=int(rollout.leaf_nodes.numel()),
+                  edges=int((rollout.parent >= 0).sum()), loss=stats.get("losses/loss"))
+    return record
+
+
+def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) -> Config:
+    """The run config of one mode: the model base config + the benchmark's sampler and update."""
+    base = load_config(ROOT / BASE_CONFIGS[args.policy])
+    policy, kernel = dict(base.policy), dict(base.kernel)
+    if args.policy != "toy":
+        policy.update(model_path=str(model_path), dtype=args.dtype, resolution=args.resolution)
+        if args.policy == "sd3":
+            policy["use_t5"] = False
+    policy["device"] = args.device
+    if args.kl_beta > 0 and policy.get("lora") is None:  # full fine-tuning: a frozen copy is the reference
+        policy["keep_reference"] = True
+    sampler = dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale, chunk_size=args.chunk_size)
+    if mode == "tree":
+        sampler["type"], advantage = "TreeSampler", dict(type="TreeBackup", weighting="prob")
+    else:
+        sampler.update(type="FlatSampler", group_size=args.k**args.depth)
+        advantage = dict(type="GroupNorm")
+    return Config(dict(
+        policy=policy, kernel=kernel, sampler=sampler, advantage=advantage,
+        schedule=dict(type="FixedWindow", start=args.window_start, depth=args.depth, k=args.k),
+        reward=dict(type="JPEGCompressibility", quality=95),
+        loss=dict(type="GRPOClipLoss", clip_range=1e-4, beta=args.kl_beta),
+        train_dataset=base.get("train_dataset", dict(type="PromptList", prompts=PROMPTS)),
+        optimizer=dict(type="AdamW", lr=1e-5),
+        max_iters=args.warmup + args.iters, prompts_per_iter=args.prompts_per_iter,
+        update=dict(micro_batch_size=args.micro_batch_size, per_step_batches=args.per_step_batches),
+        hooks=[], seed=0, tensorboard=False, cpu=torch.device(args.device).type == "cpu",
+        mixed_precision=mixed_precision(args)))
+
+
+def mixed_precision(args: argparse.Namespace) -> str:
+    """accelerate's autocast as the SD3.5 config runs it: bf16 on CUDA with bfloat16 weights."""
+    return "bf16" if args.dtype == "bfloat16" and torch.device(args.device).type == "cuda" else "no"
+
+
+def run_mode(args: argparse.Namespace, mode: str, model_path: Path | None, work_dir: Path) -> dict:
+    """Build a Runner for ``mode``, run warm-up + measured iterations; medians and peaks."""
+    device, mib = torch.device(args.device), 1024**2
+    in_use = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes("VmRSS")
+    runner = Runner(make_config(args, mode, model_path), work_dir / mode)
+    denoiser = runner.policy.unwrapped_denoiser()
+    info = {"latent_shape": list(runner.policy.latent_shape),
+            "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
+            "trainable_parameters": sum(p.numel() for p in runner.policy.trainable_parameters())}
+    records = [one_iteration(runner, it) for it in range(args.warmup + args.iters)][args.warmup:]
+    del runner, denoiser
+    empty_cache(args.device)
+    seconds = {p: statistics.median(r["seconds"][p] for r in records) for p in PHASES}
+    seconds["total"] = statistics.median(sum(r["seconds"].values()) for r in records)
+    nfe = {"sample": records[-1]["nfe_sample"], "update": records[-1]["nfe_update"]}
+    nfe["total"] = nfe["sample"] + nfe["update"]
+    cfg = 2 if args.guidance_scale > 1 else 1
+    if mode == "tree":
+        sample, update = tree_nfe(args.prompts_per_iter, args.k, args.depth, args.window_start, args.num_steps)
+    else:
+        sample, update = flat_nfe(args.prompts_per_iter, args.k**args.depth, args.depth, args.num_steps)
+    return dict(
+        info, memory_in_use_before_mib=in_use / mib, seconds=seconds,
+        seconds_per_iter={p: [r["seconds"][p] for r in records] for p in PHASES},
+        nfe_per_iter=nfe,
+        nfe_closed_form={"sample": sample * cfg, "update": update * cfg * (2 if args.kl_beta > 0 else 1)},
+        nfe_per_second={"total": nfe["total"] / seconds["total"], "sample": nfe["sample"] / seconds["sample"],
+                        "update": nfe["update"] / seconds["update"]},
+        images_per_iter=records[-1]["leaves"], edges_per_iter=records[-1]["edges"],
+        loss=[r["loss"] for r in records],
+        peak_memory_mib={p: max(r["peak_bytes"][p] for r in records) / mib for p in PHASES})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", choices=sorted(BASE_CONFIGS), default="sd3")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build sd3/sd15 with random weights (no download)")
+    parser.add_argument("--model-path", help="a local diffusers folder or hub id (instead of --random-weights)")
+    parser.add_argument("--shapes", choices=["tiny", "real"], help="default: real on CUDA, tiny on CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--iters", type=int, default=3, help="measured iterations (medians are reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured iterations first")
+    parser.add_argument("--prompts-per-iter", type=int, default=4)
+    parser.add_argument("--k", type=int, default=2, help="children per node (flat: G = k**depth images per prompt)")
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--window-start", type=int, default=0)
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help=">1 runs CFG (doubles every forward)")
+    parser.add_argument("--chunk-size", type=int, default=32,
+                        help="sampler rows per forward outside the window (as the SD3.5 config)")
+    parser.add_argument("--micro-batch-size", type=int, default=16, help="parents per update forward")
+    parser.add_argument("--per-step-batches", action="store_true", help="update with the sampler's per-step batches")
+    parser.add_argument("--kl-beta", type=float, default=0.0, help=">0 adds the reference forward of the KL term")
+    parser.add_argument("--out", default="work_dirs/bench_rollout/results.json")
+    parser.add_argument("--tmp-dir", help="where the random-weight model is written (default: the system temp)")
+    args = parser.parse_args(argv)
+    on_cuda = torch.device(args.device).type == "cuda"
+    args.shapes = args.shapes or ("real" if on_cuda else "tiny")
+    args.dtype = args.dtype or ("bfloat16" if on_cuda else "float32")
+    check_dtype(args.dtype)
+    args.resolution = RESOLUTION[args.shapes]
+    for key in ("iters", "prompts_per_iter", "k", "depth", "num_steps"):
+        if getattr(args, key) < (2 if key == "k" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be >= {2 if key == 'k' else 1}, got {getattr(args, key)}")
+    if args.warmup < 0 or args.window_start < 0 or args.window_start + args.depth > args.num_steps:
+        raise ValueError(f"need warmup >= 0 and 0 <= window-start <= num-steps - depth, got warmup={args.warmup}, "
+                         f"window-start={args.window_start}, depth={args.depth}, num-steps={args.num_steps}")
+    if args.policy != "toy" and not (args.random_weights or args.model_path):
+        raise ValueError(f"--policy {args.policy} needs --random-weights or --model-path")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import diffusers
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory(prefix="bench_rollout_", dir=args.tmp_dir) as tmp:
+        model_path, model = None, {"weights": "shipped toy weights (treegrpo/toy/weights)"}
+        if args.policy != "toy":
+            model_path, model = Path(args.model_path or Path(tmp) / "model"), {"weights": args.model_path}
+            if args.model_path is None:
+                shapes = write_random_model(args.policy, args.shapes, args.dtype, args.device, model_path)
+                model = {"weights": "random", **shapes}
+        modes = {mode: run_mode(args, mode, model_path, Path(tmp)) for mode in ("tree", "flat")}
+    tree, flat = modes["tree"]["seconds"]["total"], modes["flat"]["seconds"]["total"]
+    results = {
+        "device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else (platform.processor() or platform.machine())},
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "cuda": torch.version.cuda,
+                     "python": platform.python_version()},
+        "dtype": args.dtype if args.policy != "toy" else "float32",  # the toy policy keeps float32 weights
+        "memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "memory_note": memory_note(device),
+        "shapes": args.shapes, "resolution": args.resolution if args.policy != "toy" else 32,
+        "model": {"policy": args.policy, **model,
+                  "lora": load_config(ROOT / BASE_CONFIGS[args.policy]).policy.get("lora")},
+        "config": {k: getattr(args, k) for k in ("iters", "warmup", "prompts_per_iter", "k", "depth", "num_steps",
+                                                 "window_start", "guidance_scale", "chunk_size", "micro_batch_size",
+                                                 "per_step_batches", "kl_beta")}
+        | {"images_per_prompt": args.k**args.depth, "mixed_precision": mixed_precision(args)},
+        "modes": modes,
+        "flat_over_tree": {"seconds_per_iter": flat / tree, "nfe_per_iter": (
+            modes["flat"]["nfe_per_iter"]["total"] / modes["tree"]["nfe_per_iter"]["total"])},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    for mode, r in modes.items():
+        split = " ".join(f"{p} {r['seconds'][p]:.3f}s" for p in PHASES)
+        print(f"[{mode}] {r['seconds']['total']:.3f} s/iter ({split}); NFE/iter {r['nfe_per_iter']['total']} "
+              f"({r['nfe_per_second']['total']:.1f}/s); peak {max(r['peak_memory_mib'].values()):.0f} MiB")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
