@@ -1,0 +1,374 @@
+"""What the nodes do, as plain functions (no ComfyUI needed): load a trained treegrpo pipeline,
+draw one prompt's branched denoising tree, score images with a registered reward.
+
+Images cross the node boundary in ComfyUI's IMAGE convention: float tensors [B, H, W, C] in [0, 1].
+treegrpo itself is imported lazily, so the pack imports (and lists its nodes) without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .lora import to_trainable_state
+from .paths import check_model_folder, require_safetensors, resolve_path
+
+PATH_KEYS = ("checkpoint", "weights", "path", "model_path")  # option / kwarg names holding paths
+MAX_LEAVES = 512
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def require_treegrpo() -> None:
+    """Raise a RuntimeError that says how to install treegrpo when it is not importable."""
+    try:
+        importlib.import_module("treegrpo")
+    except ImportError as error:
+        raise RuntimeError(
+            "the treegrpo nodes need the treegrpo package in ComfyUI's Python: run "
+            "`<ComfyUI python> -m pip install -e /path/to/treegrpo` (or `pip install treegrpo`) "
+            f"and restart ComfyUI ({error})"
+        ) from error
+
+
+@dataclass
+class TreegrpoPipeline:
+    """What flows on a TREEGRPO_PIPELINE link: the loaded policy and kernel and their config."""
+
+    policy: Any  # treegrpo.policies.base.Policy, denoiser in eval mode
+    kernel: Any  # the config's transition kernel
+    cfg: Any  # mmengine Config the policy was built from
+    source: str  # human-readable origin (config and checkpoint)
+
+    def __repr__(self) -> str:
+        return f"TreegrpoPipeline({type(self.policy).__name__}, {self.source})"
+
+
+# --- small helpers -----------------------------------------------------------------------------
+def parse_json_object(text: str | dict | None, what: str) -> dict:
+    """A JSON object given as text (empty: {})."""
+    if isinstance(text, dict):
+        return dict(text)
+    if text is None or not str(text).strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} must be a JSON object such as {{\"quality\": 90}}: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def resolve_path_values(values: dict) -> dict:
+    """Resolve every string value whose (dotted) key ends in a path name (``checkpoint``,
+    ``weights``, ``path``, ``model_path``, ``*_path``) inside the treegrpo model folders."""
+    out = dict(values)
+    for key, value in values.items():
+        last = str(key).rsplit(".", 1)[-1]
+        if isinstance(value, str) and value and (last in PATH_KEYS or last.endswith("_path")):
+            out[key] = str(resolve_path(value, "treegrpo"))
+    return out
+
+
+def pick_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> ComfyUI IMAGE [B, H, W, 3] float32 on CPU."""
+    return images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def from_comfy_images(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, C] (C = 1, 3 or 4; alpha dropped) -> [B, 3, H, W] float in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"IMAGE must be a [B, H, W, C] tensor with C in (1, 3, 4), got {shape}")
+    rgb = images[..., :3] if images.shape[-1] != 1 else images.expand(-1, -1, -1, 3)
+    return rgb.float().clamp(0, 1).permute(0, 3, 1, 2).contiguous()
+
+
+def pil_to_comfy(picture) -> torch.Tensor:
+    """PIL image -> IMAGE [1, H, W, 3]."""
+    array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]
+
+
+def comfy_progress(total: int) -> Callable[[int], None] | None:
+    """``update(value)`` on ComfyUI's progress bar (``comfy.utils.ProgressBar``), which also stops
+    the run when the user cancels it in ComfyUI; None outside ComfyUI."""
+    try:
+        bar = importlib.import_module("comfy.utils").ProgressBar(total)
+    except (ImportError, AttributeError):
+        return None
+    try:
+        check_cancel = importlib.import_module("comfy.model_management").throw_exception_if_processing_interrupted
+    except (ImportError, AttributeError):
+        check_cancel = None
+
+    def update(value: int) -> None:
+        if check_cancel is not None:
+            check_cancel()
+        bar.update_absolute(min(value, total), total)
+
+    return update
+
+
+def expected_forward_rows(steps: int, start: int, depth: int, k: int, guidance_scale: float) -> int:
+    """Model rows one tree plus its node previews costs: the NFE floor
+    ``p + sum_{l=1..d} k^(l-1) + k^d * s`` plus one preview row per node, doubled with CFG."""
+    prefix, suffix = start, steps - start - depth
+    tree = prefix + sum(k ** (level - 1) for level in range(1, depth + 1)) + k ** depth * suffix
+    nodes = sum(k ** level for level in range(depth + 1))
+    return (tree + nodes) * (2 if guidance_scale > 1.0 else 1)
+
+
+@contextlib.contextmanager
+def count_forward_rows(policy: Any, on_rows: Callable[[int], None] | None) -> Iterator[None]:
+    """Within the block, call ``on_rows(total rows so far)`` after every model forward."""
+    if on_rows is None:
+        yield
+        return
+    forward, seen = policy.model_output, [0]
+
+    def counted(latents, level, cond):
+        out = forward(latents, level, cond)
+        seen[0] += latents.shape[0]
+        on_rows(seen[0])
+        return out
+
+    policy.model_output = counted  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del policy.model_output
+
+
+def leaf_paths(parent: list[int], leaf_nodes: list[int]) -> list[str]:
+    """Branch choices from the root to each leaf, e.g. '0-1-1' (child rank at each depth)."""
+    rank, seen = [0] * len(parent), {}
+    for node, par in enumerate(parent):
+        if par >= 0:
+            rank[node] = seen.get(par, 0)
+            seen[par] = rank[node] + 1
+    paths = []
+    for leaf in leaf_nodes:
+        chain, node = [], leaf
+        while parent[node] >= 0:
+            chain.append(str(rank[node]))
+            node = parent[node]
+        paths.append("-".join(reversed(chain)) or "root")
+    return paths
+
+
+# --- load -------------------------------------------------------------------------------------
+def read_trainable_state(path: Path, policy: Any) -> dict[str, torch.Tensor]:
+    """Trained tensors from a run folder, a checkpoints/iter_<n> folder (its model.safetensors;
+    the optimizer state is never read) or a LoRA .safetensors file in any layout of :mod:`lora`."""
+    from safetensors.torch import load_file
+    from treegrpo.checkpoint import resolve_checkpoint
+
+    if path.is_dir():
+        weights = resolve_checkpoint(path) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing: not a complete treegrpo checkpoint")
+        return load_file(str(weights))
+    return to_trainable_state(load_file(str(require_safetensors(path))), policy)
+
+
+def checkpoint_fingerprint(config: str, checkpoint: str) -> str:
+    """Changes whenever the config file or the weights :func:`load_pipeline` would read change
+    (a newer checkpoint in a run folder included); ComfyUI's IS_CHANGED. Path errors are left
+    for the node itself to report."""
+    parts = []
+    for name in (config, checkpoint):
+        if not name.strip():
+            continue
+        try:
+            path = resolve_path(name)
+            if path.is_dir():
+                from treegrpo.checkpoint import resolve_checkpoint
+
+                path = resolve_checkpoint(path) / "model.safetensors"
+            parts.append(f"{path}@{path.stat().st_mtime_ns}")
+        except (OSError, ValueError, ImportError) as error:
+            parts.append(f"{name}:{type(error).__name__}")
+    return "|".join(parts)
+
+
+def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model_path: str = "",
+                  options: str | dict = "") -> TreegrpoPipeline:
+    """Build the config's policy (base weights) and load a trained checkpoint or LoRA into it.
+
+    Args:
+        config: config file in the treegrpo model folders; empty: the ``config.py`` of the run
+            folder given as ``checkpoint``.
+        checkpoint: run folder, ``checkpoints/iter_<n>`` folder or LoRA ``.safetensors`` file
+            (empty: the base model).
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+        model_path: local diffusers model folder replacing ``policy.model_path`` (safetensors only).
+        options: JSON object of config overrides with dotted keys (``{"policy.resolution": 512}``).
+    """
+    require_treegrpo()
+    from treegrpo.inference import load_config, load_policy
+
+    ckpt_path = resolve_path(checkpoint) if checkpoint.strip() else None
+    if config.strip():
+        config_path = resolve_path(config)
+    elif ckpt_path is not None and (ckpt_path / "config.py").is_file():
+        config_path = ckpt_path / "config.py"
+    else:
+        raise ValueError("config is empty: give a config file, or a run folder (with its config.py) as checkpoint")
+    if not config_path.is_file():
+        raise ValueError(f"config {config_path} is not a file")
+    overrides = resolve_path_values(parse_json_object(options, "options"))
+    blocked = sorted(k for k in overrides if str(k).split(".")[0] in ("custom_imports", "_base_"))
+    if blocked:
+        raise ValueError(f"options may not set {blocked}: code imports belong in the config file itself")
+    if model_path.strip():
+        overrides["policy.model_path"] = str(check_model_folder(resolve_path(model_path)))
+    cfg = load_config(config_path, overrides)
+    policy, kernel = load_policy(cfg, None, pick_device(device))
+    if ckpt_path is not None:
+        policy.load_trainable_state_dict(read_trainable_state(ckpt_path, policy))
+    source = f"config {config_path.name}" + (f", checkpoint {ckpt_path.name}" if ckpt_path else ", base weights")
+    return TreegrpoPipeline(policy=policy, kernel=kernel, cfg=cfg, source=source)
+
+
+# --- rewards ----------------------------------------------------------------------------------
+def reward_names() -> list[str]:
+    """Registered reward types (for the node combos); empty when treegrpo is not importable."""
+    try:
+        from treegrpo.registry import REWARDS, registered_names
+    except ImportError:
+        return []
+    return registered_names(REWARDS)
+
+
+_REWARD_CACHE: dict[str, Any] = {}
+
+
+def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -> tuple[Any, str]:
+    """(reward object, type name). ``name`` is a registered reward type, or 'config' for ``base``
+    (the pipeline config's reward); ``kwargs`` (JSON) override its arguments. The last two built
+    rewards are kept, so a reward model loads once per session."""
+    require_treegrpo()
+    from treegrpo.registry import REWARDS, build
+
+    extra = resolve_path_values(parse_json_object(kwargs, "reward_kwargs"))
+    if name == "config":
+        if not base:
+            raise ValueError("reward 'config' needs a pipeline whose config has a reward: pick a reward type")
+        spec = {**dict(base), **extra, "type": base["type"]}
+    else:
+        if name not in reward_names():
+            raise ValueError(f"unknown reward {name!r}; registered rewards: {reward_names()}")
+        spec = {**extra, "type": name}
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _REWARD_CACHE:
+        while len(_REWARD_CACHE) >= 2:
+            _REWARD_CACHE.pop(next(iter(_REWARD_CACHE)))
+        _REWARD_CACHE[key] = build(REWARDS, spec)
+    return _REWARD_CACHE[key], str(spec["type"])
+
+
+def score_images(images: torch.Tensor, prompt: str, reward: str, reward_kwargs: str = "") -> tuple[list[float], str]:
+    """IMAGE [B, H, W, C] + one prompt for all -> (B scores, a text table)."""
+    require_treegrpo()
+    from treegrpo.rewards.base import check_rewards
+
+    model, name = build_reward(reward, reward_kwargs)
+    batch = from_comfy_images(images)
+    with torch.no_grad():
+        scores = check_rewards(model(batch, [prompt] * batch.shape[0]), batch.shape[0], name)
+    lines = [f"reward {name}  |  prompt: {prompt}", "image  score"]
+    lines += [f"{i:<5d}  {s:.4f}" for i, s in enumerate(scores.tolist())]
+    lines.append(f"mean {scores.mean():.4f}" + (f"  std {scores.std():.4f}" if scores.numel() > 1 else ""))
+    return scores.tolist(), "\n".join(lines)
+
+
+# --- branched denoising -----------------------------------------------------------------------
+def check_tree_args(steps: int, window_start: int, depth: int, k: int, eta: float) -> None:
+    for key, value, low in (("steps", steps, 1), ("window_start", window_start, 0), ("depth", depth, 1), ("k", k, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
+    if window_start + depth > steps:
+        raise ValueError(
+            f"the branching window (window_start {window_start} + depth {depth}) must fit in steps={steps}"
+        )
+    if k ** depth > MAX_LEAVES:
+        raise ValueError(f"k**depth = {k ** depth} leaves is more than {MAX_LEAVES}: lower k or depth")
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta!r}")
+
+
+@torch.no_grad()
+def branched_denoising(pipeline: TreegrpoPipeline, prompt: str, seed: int = 0, k: int = 2, depth: int = 3,
+                       window_start: int = 0, steps: int = 10, eta: float = 0.7, reward: str = "config",
+                       reward_kwargs: str = "", thumb: int = 64) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Sample one TreeGRPO tree for ``prompt`` and draw it (as ``tools/visualize_tree.py`` does).
+
+    ODE steps ``[0, window_start)``, ``depth`` SDE steps with ``eta`` each splitting every node in
+    ``k``, ODE to the end of ``steps``; leaves scored by ``reward`` and advantages backed up.
+    Returns (tree picture IMAGE [1, H, W, 3], leaves IMAGE [k**depth, h, w, 3], text table).
+    """
+    require_treegrpo()
+    from treegrpo.advantages import TreeBackup
+    from treegrpo.registry import ADVANTAGES, KERNELS, build
+    from treegrpo.rewards.base import check_rewards
+    from treegrpo.samplers import TreeSampler
+    from treegrpo.schedules import BranchPlan
+    from treegrpo.utils import make_generator
+    from treegrpo.visualization import draw_tree, node_previews
+
+    if not isinstance(pipeline, TreegrpoPipeline):
+        raise TypeError(f"pipeline must come from 'Load treegrpo checkpoint', got {type(pipeline).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty")
+    check_tree_args(steps, window_start, depth, k, eta)
+    policy, cfg = pipeline.policy, pipeline.cfg
+    kernel = build(KERNELS, {**dict(cfg.kernel), "eta": float(eta)})
+    sampler_cfg = cfg.get("sampler", {})
+    sampler = TreeSampler(num_steps=steps, guidance_scale=sampler_cfg.get("guidance_scale", 1.0),
+                          chunk_size=sampler_cfg.get("chunk_size"))
+    plan = BranchPlan(start=window_start, depth=depth, k=k)
+    scorer, reward_name = build_reward(reward, reward_kwargs, cfg.get("reward"))
+    advantage = build(ADVANTAGES, cfg.advantage) if "advantage" in cfg else None
+    if not isinstance(advantage, TreeBackup):  # a flat config: back up uniformly
+        advantage = TreeBackup(weighting="mean")
+
+    total = expected_forward_rows(steps, window_start, depth, k, sampler.guidance_scale) + 1
+    progress = comfy_progress(total)
+    with count_forward_rows(policy, progress):
+        rollout = sampler.sample(policy, kernel, [prompt], plan, make_generator("cpu", seed, 2))
+        previews = node_previews(policy, kernel, rollout)
+    rewards = check_rewards(scorer(rollout.images, rollout.leaf_prompts), rollout.leaf_nodes.numel(), reward_name)
+    adv = advantage(rollout, rewards)
+    if progress is not None:
+        progress(total)
+
+    parent, leaves = rollout.parent.tolist(), rollout.leaf_nodes.tolist()
+    picture = draw_tree(
+        parent, previews, leaves, rollout.images, rewards.tolist(), adv.node.tolist(), thumb=thumb,
+        title=f"{prompt}  |  steps {plan.start}..{plan.stop - 1} of {steps}, k={k}, eta={eta:g}, "
+              f"mean reward {rewards.mean():.3f}",
+    )
+    lines = [f"prompt: {prompt}",
+             f"{pipeline.source}; steps {steps}, SDE window {plan.start}..{plan.stop - 1}, k={k}, "
+             f"eta={eta:g}, seed {seed}, reward {reward_name}, NFE {rollout.nfe}",
+             "leaf  node  path        reward    advantage"]
+    for i, (node, path) in enumerate(zip(leaves, leaf_paths(parent, leaves))):
+        lines.append(f"{i:<4d}  {node:<4d}  {path:<10s}  {rewards[i]:8.4f}  {adv.node[node]:+9.4f}")
+    lines.append(f"mean reward {rewards.mean():.4f}, std {rewards.std(unbiased=False):.4f}"
+                 + ("  (all rewards equal: advantages are 0)" if adv.zero_std_groups else ""))
+    return pil_to_comfy(picture), to_comfy_images(rollout.images), "\n".join(lines)

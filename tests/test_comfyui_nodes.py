@@ -1,0 +1,459 @@
+"""The ComfyUI node pack without ComfyUI: node declarations, every node's FUNCTION on real inputs
+(a toy run trained here, the tiny random SD3), path safety, the LoRA node against a fake ``comfy``,
+and the example workflows."""
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import comfyui_nodes
+from comfyui_nodes import logic
+from comfyui_nodes.paths import PathNotAllowedError, list_files, register_comfy_folders, resolve_path
+
+ROOT = Path(__file__).resolve().parents[1]
+NODES = comfyui_nodes.NODE_CLASS_MAPPINGS
+PROMPT = "a small red circle on a blue background at the top"
+COMFY_TYPES = {"IMAGE", "MODEL", "CLIP", "VAE", "LATENT", "CONDITIONING", "STRING", "INT", "FLOAT", "BOOLEAN", "*"}
+OUR_TYPES = {"TREEGRPO_PIPELINE"}
+# the stock ComfyUI nodes the workflows use: (linked inputs (name, type), widget names, output types)
+STOCK = {
+    "CheckpointLoaderSimple": ([], ["ckpt_name"], ["MODEL", "CLIP", "VAE"]),
+    "TripleCLIPLoader": ([], ["clip_name1", "clip_name2", "clip_name3"], ["CLIP"]),
+    "CLIPTextEncode": ([("clip", "CLIP")], ["text"], ["CONDITIONING"]),
+    "EmptySD3LatentImage": ([], ["width", "height", "batch_size"], ["LATENT"]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image",
+                  "LATENT")], ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], ["LATENT"]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], ["IMAGE"]),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+    "PreviewImage": ([("images", "IMAGE")], [], []),
+    "PreviewAny": ([("source", "*")], [], ["STRING"]),
+}
+WORKFLOWS = ROOT / "comfyui_nodes" / "workflows"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A model folder ($TREEGRPO_COMFY_ROOT) holding a 2-iteration toy run and the tiny SD3; no ComfyUI."""
+    from tools.make_tiny_models import main as make_tiny
+    from tools.train import main as train_main
+
+    folder = tmp_path_factory.mktemp("models")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TREEGRPO_COMFY_ROOT", str(folder))
+    patch.setitem(sys.modules, "folder_paths", None)
+    patch.setitem(sys.modules, "comfy", None)
+    (folder / "toy.py").write_text(f"_base_ = ['{ROOT}/configs/treegrpo_toy_shapes.py']\n"
+                                   "hooks = [dict(type='CheckpointHook', interval=2, max_keep=1)]\n")
+    train_main([str(folder / "toy.py"), "--work-dir", str(folder / "runs" / "toy"), "--cfg-options",
+                "max_iters=2", "prompts_per_iter=2", "sampler.num_steps=4", "schedule.depth=2",
+                "schedule.start_range=(0,1)"])
+    make_tiny(["--out", str(folder / "tiny"), "--models", "sd3"])
+    (folder / "sd35.py").write_text(f"_base_ = ['{ROOT}/configs/treegrpo_sd35_jpeg.py']\n")
+    yield folder
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def toy(root):
+    return check_outputs("TreegrpoLoadCheckpoint", NODES["TreegrpoLoadCheckpoint"]().load("toy.py", "runs/toy", "cpu"))[0]
+
+
+SD3_OPTIONS = json.dumps({"policy.resolution": 32, "policy.dtype": "float32", "policy.lora.r": 4,
+                          "policy.lora.alpha": 8, "sampler.guidance_scale": 2.0})
+
+
+def load_sd3(checkpoint=""):
+    """The tiny random SD3 under the SD3.5 JPEG config (LoRA r=4, alpha=8: scale 2; CFG 2)."""
+    return logic.load_pipeline("sd35.py", checkpoint, "cpu", "tiny/sd3", SD3_OPTIONS)
+
+
+def fake_comfy(monkeypatch, calls):
+    """Fake comfy.utils (load_torch_file, ProgressBar), comfy.sd (load_lora_for_models) and
+    comfy.model_management (cancel check: raises once ("cancel",) is in ``calls``) that record calls."""
+    names = ("comfy", "comfy.utils", "comfy.sd", "comfy.model_management")
+    comfy, utils, sd, management = (types.ModuleType(n) for n in names)
+    comfy.utils, comfy.sd, comfy.model_management = utils, sd, management
+
+    def throw_exception_if_processing_interrupted():
+        if ("cancel",) in calls:
+            raise InterruptedError("cancelled")
+
+    utils.load_torch_file = lambda path, safe_load=False, device=None: (
+        calls.append(("load", path, safe_load)) or load_file(path))
+    utils.ProgressBar = lambda total: calls.append(("bar", total)) or types.SimpleNamespace(
+        update_absolute=lambda value, total=None, preview=None: calls.append(("progress", value, total)))
+    sd.load_lora_for_models = lambda model, clip, lora, strength, strength_clip: calls.append(
+        ("apply", model, clip, lora, strength, strength_clip)) or (("patched", model), clip)
+    management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    for name, module in zip(names, (comfy, utils, sd, management)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def check_outputs(class_type, outputs):
+    """A FUNCTION result against the class's RETURN_TYPES (IMAGE: float [B, H, W, 3] in [0, 1])."""
+    cls = NODES[class_type]
+    assert isinstance(outputs, tuple) and len(outputs) == len(cls.RETURN_TYPES)
+    for value, kind, is_list in zip(outputs, cls.RETURN_TYPES, getattr(cls, "OUTPUT_IS_LIST", (False,) * 9)):
+        for item in (value if is_list else [value]):
+            if kind == "IMAGE":
+                assert item.dim() == 4 and item.shape[-1] == 3 and item.dtype == torch.float32
+                assert 0.0 <= item.min() and item.max() <= 1.0
+            elif kind in ("STRING", "FLOAT"):
+                assert isinstance(item, {"STRING": str, "FLOAT": float}[kind])
+            elif kind == "TREEGRPO_PIPELINE":
+                assert isinstance(item, logic.TreegrpoPipeline)
+    return outputs
+
+
+# --- declarations -----------------------------------------------------------------------------
+def test_pack_declares_standard_nodes():
+    assert set(NODES) == set(comfyui_nodes.NODE_DISPLAY_NAME_MAPPINGS) == {
+        "TreegrpoLoadCheckpoint", "TreegrpoApplyLoRA", "TreegrpoBranchedDenoising", "TreegrpoScoreImages"}
+    for cls in NODES.values():
+        assert isinstance(inspect.getattr_static(cls, "INPUT_TYPES"), classmethod)
+        assert cls.CATEGORY == "treegrpo" and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+        assert set(cls.RETURN_TYPES) <= COMFY_TYPES | OUR_TYPES
+        spec = cls.INPUT_TYPES()
+        assert set(spec) <= {"required", "optional"} and spec["required"]
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        assert set(spec["required"]) | set(spec.get("optional", {})) == set(params) - {"self"}
+        assert all(params[name].default is not inspect.Parameter.empty for name in spec.get("optional", {}))
+        for name, decl in {**spec["required"], **spec.get("optional", {})}.items():
+            kind, opts = decl[0], (decl[1] if len(decl) > 1 else {})
+            if isinstance(kind, list):  # combo
+                assert all(isinstance(v, str) for v in kind)
+                assert "default" not in opts or opts["default"] in kind, name
+            elif kind in ("INT", "FLOAT"):
+                number = int if kind == "INT" else float
+                assert isinstance(opts["default"], number) and opts["min"] <= opts["default"] <= opts["max"], name
+                assert opts.get("step", 1) > 0
+            elif kind == "STRING":
+                assert isinstance(opts["default"], str)
+            else:
+                assert kind in COMFY_TYPES | OUR_TYPES, (name, kind)
+    score = NODES["TreegrpoScoreImages"]
+    assert score.OUTPUT_IS_LIST == (True, False)
+    assert "ToyAlignmentReward" in score.INPUT_TYPES()["required"]["reward"][0]
+    assert NODES["TreegrpoBranchedDenoising"].INPUT_TYPES()["optional"]["reward"][0][0] == "config"
+
+
+def test_pack_imports_without_treegrpo_and_says_what_is_missing():
+    code = ("import sys; sys.modules['treegrpo'] = None\n"
+            "import comfyui_nodes as pack\n"
+            "specs = [c.INPUT_TYPES() for c in pack.NODE_CLASS_MAPPINGS.values()]\n"
+            "try:\n    pack.NODE_CLASS_MAPPINGS['TreegrpoLoadCheckpoint']().load('x.py', '', 'cpu')\n"
+            "except RuntimeError as e:\n    print('ERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR the treegrpo nodes need the treegrpo package" in out.stdout and "pip install" in out.stdout
+
+
+# --- paths ------------------------------------------------------------------------------------
+def test_paths_stay_inside_the_model_folders(root):
+    assert resolve_path("toy.py") == root / "toy.py"
+    assert resolve_path(str(root / "runs" / "toy")) == root / "runs" / "toy"
+    assert resolve_path("runs/../toy.py") == root / "toy.py"
+    for bad in ("../x.py", "runs/../../x.py", "/etc/passwd", str(root.parent / "elsewhere")):
+        with pytest.raises(PathNotAllowedError, match="outside|leaves"):
+            resolve_path(bad)
+    with pytest.raises(FileNotFoundError, match="not found in the treegrpo model folders"):
+        resolve_path("missing.py")
+    (root / "loras").mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, str(root / "loras" / "listed.safetensors"))
+    assert "listed.safetensors" in list_files("loras")
+    assert resolve_path("listed.safetensors", "loras") == root / "loras" / "listed.safetensors"
+
+
+def load_like_comfyui(name):
+    """Import the pack as ComfyUI's custom-node loader does: from its folder, under ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "comfyui_nodes" / "__init__.py")
+    module, before = importlib.util.module_from_spec(spec), dict(sys.modules)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for key in set(sys.modules) - set(before):
+            del sys.modules[key]
+        sys.modules.update(before)
+    return module
+
+
+def test_pack_loads_as_a_custom_node_and_uses_comfyui_folders(root, tmp_path, monkeypatch):
+    folders = {"loras": [str(tmp_path / "loras")]}
+    fake = types.ModuleType("folder_paths")
+    fake.models_dir = str(tmp_path)
+    fake.add_model_folder_path = lambda name, path, is_default=False: folders.setdefault(name, []).insert(
+        0 if is_default else len(folders[name]), path)
+    fake.get_folder_paths = lambda name: list(folders[name])
+    fake.get_filename_list = lambda name: ["a.safetensors", "b.ckpt"]
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    pack = load_like_comfyui("treegrpo_nodes")  # registers models/treegrpo, then the standalone root
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(NODES)
+    assert folders["treegrpo"] == [str(tmp_path / "treegrpo"), str(root)]
+    assert register_comfy_folders() == folders["treegrpo"]  # idempotent
+    (tmp_path / "treegrpo").mkdir()
+    (tmp_path / "treegrpo" / "mine.py").write_text("x = 1\n")
+    assert resolve_path("mine.py") == tmp_path / "treegrpo" / "mine.py"
+    assert resolve_path("toy.py") == root / "toy.py"
+    with pytest.raises(PathNotAllowedError):
+        resolve_path(str(tmp_path / "loras" / "a.safetensors"))  # a loras file is not a treegrpo path
+    assert list_files("loras") == ["a.safetensors"]
+    with pytest.raises(ImportError, match="name its folder"):  # a folder named treegrpo would hide the library
+        load_like_comfyui("treegrpo")
+
+
+def test_nodes_refuse_paths_outside_and_non_safetensors_weights(root, toy):
+    load = NODES["TreegrpoLoadCheckpoint"]().load
+    for config, checkpoint, model_path, options in (("../toy.py", "", "", ""), ("toy.py", str(ROOT / "configs"), "", ""),
+                                                    ("toy.py", "", "", '{"policy.weights": "/etc/passwd"}'),
+                                                    ("toy.py", "", "../../", "")):
+        with pytest.raises(PathNotAllowedError):
+            load(config, checkpoint, "cpu", model_path, options)
+    with pytest.raises(ValueError, match="may not set"):
+        load("toy.py", "", "cpu", "", '{"custom_imports": {"imports": ["os"]}}')
+    (root / "weights.pt").write_bytes(b"not loaded")
+    with pytest.raises(PathNotAllowedError, match="safetensors files only"):
+        load("toy.py", "weights.pt", "cpu")
+    (root / "pickles" / "unet").mkdir(parents=True)
+    (root / "pickles" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(PathNotAllowedError, match="safetensors weights only"):
+        load("toy.py", "", "cpu", model_path="pickles")
+    with pytest.raises(PathNotAllowedError):
+        NODES["TreegrpoScoreImages"]().score(torch.zeros(1, 8, 8, 3), PROMPT, "ToyAlignmentReward",
+                                             '{"checkpoint": "../../x.safetensors"}')
+
+
+# --- load and branched denoising on the toy world ----------------------------------------------
+def test_load_checkpoint_restores_the_trained_toy_weights(root, toy):
+    saved = load_file(str(root / "runs" / "toy" / "checkpoints" / "iter_2" / "model.safetensors"))
+    base = logic.load_pipeline("toy.py", "", "cpu").policy.trainable_state_dict()
+    loaded = toy.policy.trainable_state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert any(not torch.equal(base[k], saved[k]) for k in saved)
+    from_run = logic.load_pipeline("", "runs/toy", "cpu")  # config: the run's own config.py
+    assert all(torch.equal(from_run.policy.trainable_state_dict()[k], saved[k]) for k in saved)
+    before = logic.checkpoint_fingerprint("toy.py", "runs/toy")
+    weights = root / "runs" / "toy" / "checkpoints" / "iter_2" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert logic.checkpoint_fingerprint("toy.py", "runs/toy") != before  # ComfyUI's IS_CHANGED
+    assert NODES["TreegrpoLoadCheckpoint"].IS_CHANGED("toy.py", "runs/toy", "cpu") == logic.checkpoint_fingerprint("toy.py", "runs/toy")
+
+
+def parse_table(table: str) -> list[tuple[str, float, float]]:
+    rows = re.findall(r"^\d+\s+\d+\s+([0-9-]+)\s+(-?[0-9.]+)\s+([+-][0-9.]+)$", table, re.M)
+    return [(path, float(r), float(a)) for path, r, a in rows]
+
+
+def test_branched_denoising_returns_tree_leaves_and_table(toy, monkeypatch):
+    calls = []
+    fake_comfy(monkeypatch, calls)
+    node = NODES["TreegrpoBranchedDenoising"]()
+    tree, leaves, table = check_outputs("TreegrpoBranchedDenoising", node.run(toy, PROMPT, 7, 2, 3, 1, 6, 0.7))
+    assert tree.shape[0] == 1 and tree.shape[1] > 100 and leaves.shape == (8, 32, 32, 3)
+    rows = parse_table(table)
+    assert [p for p, _, _ in rows] == [f"{a}-{b}-{c}" for a in "01" for b in "01" for c in "01"]
+    rewards, advantages = torch.tensor([r for _, r, _ in rows]), torch.tensor([a for _, _, a in rows])
+    expected_adv = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)
+    assert torch.allclose(advantages, expected_adv, atol=2e-3)  # leaf advantage = normalised reward
+    scores, _ = NODES["TreegrpoScoreImages"]().score(leaves, PROMPT, "ToyAlignmentReward")
+    assert torch.allclose(torch.tensor(scores), rewards, atol=1e-4)  # the table's rewards are the leaves' 
+    # progress: one update per model forward up to the NFE floor + previews (exact), then done
+    total = logic.expected_forward_rows(6, 1, 3, 2, 1.0) + 1
+    assert total == (1 + (1 + 2 + 4) + 8 * 2) + 15 + 1
+    progress = [c[1] for c in calls if c[0] == "progress"]
+    assert calls[0] == ("bar", total) and progress[-1] == total and progress[-2] == total - 1
+    assert progress == sorted(progress)
+    again = node.run(toy, PROMPT, 7, 2, 3, 1, 6, 0.7)
+    other = node.run(toy, PROMPT, 8, 2, 3, 1, 6, 0.7)
+    assert torch.equal(again[1], leaves) and not torch.equal(other[1], leaves)
+
+
+def test_branched_denoising_checks_its_window(toy):
+    run = NODES["TreegrpoBranchedDenoising"]().run
+    with pytest.raises(ValueError, match="must fit in steps=4"):
+        run(toy, PROMPT, 0, 2, 3, 2, 4, 0.7)
+    with pytest.raises(ValueError, match="more than 512"):
+        run(toy, PROMPT, 0, 8, 4, 0, 10, 0.7)
+    with pytest.raises(ValueError, match="unknown reward 'Nope'"):
+        run(toy, PROMPT, 0, 2, 1, 0, 3, 0.7, reward="Nope")
+
+
+def test_leaf_paths_and_expected_rows_by_hand():
+    assert logic.leaf_paths([-1, 0, 0, 1, 1, 2, 2], [3, 4, 5, 6]) == ["0-0", "0-1", "1-0", "1-1"]
+    # 10 steps, window 2..4, k=2: p=2, window 1+2+4, 8 leaves x 5 suffix steps; 15 previews; CFG x2
+    assert logic.expected_forward_rows(10, 2, 3, 2, 4.5) == 2 * (2 + 7 + 40 + 15)
+
+
+# --- score images -----------------------------------------------------------------------------
+def test_score_images_on_comfy_images_by_hand():
+    images = torch.zeros(3, 4, 6, 3)
+    images[0, ..., 0] = 1.0  # pure red: 0.3 * sqrt(255^2 + 127.5^2)
+    images[1] = 0.5  # grey: 0
+    images[2, :, :3, 0], images[2, :, 3:, 1] = 1.0, 1.0  # red | green: std_rg 255 + 0.3 * 127.5
+    scores, table = check_outputs("TreegrpoScoreImages", NODES["TreegrpoScoreImages"]().score(images, "x", "Colorfulness"))
+    assert scores == pytest.approx([0.3 * (255 ** 2 + 127.5 ** 2) ** 0.5, 0.0, 255 + 0.3 * 127.5], abs=1e-3)
+    assert "reward Colorfulness" in table and len(table.splitlines()) == 6
+    rgba = torch.cat([images, torch.ones(3, 4, 6, 1)], dim=-1)
+    assert NODES["TreegrpoScoreImages"]().score(rgba, "x", "Colorfulness")[0] == pytest.approx(scores)
+    grey = NODES["TreegrpoScoreImages"]().score(torch.full((2, 4, 4, 1), 0.3), "x", "Colorfulness")[0]
+    assert grey == pytest.approx([0.0, 0.0], abs=1e-4)
+    for bad_images, reward, kwargs, match in ((torch.zeros(3, 4, 4), "Colorfulness", "", r"\[B, H, W, C\]"),
+                                              (images, "JPEGCompressibility", "[90]", "JSON object"),
+                                              (images, "JPEGCompressibility", '{"quality": 0}', "quality")):
+        with pytest.raises(ValueError, match=match):
+            NODES["TreegrpoScoreImages"]().score(bad_images, "x", reward, kwargs)
+
+
+# --- tiny SD3: LoRA files in the three layouts, branched denoising with CFG ---------------------
+def test_sd3_pipeline_loads_lora_files_in_every_layout(root):
+    policy = load_sd3().policy
+    gen = torch.Generator().manual_seed(0)
+    trained = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in policy.trainable_state_dict().items()}
+    modules = sorted({k.split(".lora_A.")[0] for k in trained if ".lora_A." in k})
+    assert modules and all(k.endswith(".default.weight") for k in trained)
+    diffusers = {f"transformer.{k.replace('.default', '')}": v for k, v in trained.items()}
+    # ComfyUI layout with alpha 2 at rank 4 (scale 0.5) against the policy's 8 / 4 = 2: up x 4
+    kohya = {}
+    for m in modules:
+        flat = "lora_transformer_" + m.replace(".", "_")
+        kohya[f"{flat}.lora_down.weight"] = trained[f"{m}.lora_A.default.weight"]
+        kohya[f"{flat}.lora_up.weight"] = trained[f"{m}.lora_B.default.weight"] * 4.0
+        kohya[f"{flat}.alpha"] = torch.tensor(2.0)
+    for name, state in (("peft", trained), ("diffusers", diffusers), ("kohya", kohya)):
+        save_file(state, str(root / f"{name}.safetensors"))
+        loaded = load_sd3(f"{name}.safetensors").policy.trainable_state_dict()
+        assert all(torch.allclose(loaded[k], trained[k], atol=1e-6) for k in trained), name
+    save_file({**kohya, "lora_transformer_nowhere.alpha": torch.tensor(1.0)}, str(root / "bad.safetensors"))
+    with pytest.raises(KeyError, match="nowhere"):
+        load_sd3("bad.safetensors")
+
+
+def test_sd3_branched_denoising_with_cfg(root, monkeypatch):
+    calls = []
+    fake_comfy(monkeypatch, calls)
+    pipeline = load_sd3()
+    tree, leaves, table = check_outputs("TreegrpoBranchedDenoising",
+                                        NODES["TreegrpoBranchedDenoising"]().run(pipeline, "a fox", 0, 2, 1, 1, 3, 1.0))
+    assert leaves.shape == (2, 32, 32, 3) and tree.shape[0] == 1 and tree.shape[-1] == 3
+    assert "reward JPEGCompressibility" in table and len(parse_table(table)) == 2
+    total = 2 * (1 + 1 + 2 * 1 + 3) + 1  # CFG doubles: prefix 1, window 1, 2 leaves x 1 suffix, 3 previews
+    progress = [c[1] for c in calls if c[0] == "progress"]
+    assert progress[-2:] == [total - 1, total]
+    calls.append(("cancel",))  # ComfyUI's cancel button stops the sampling; the policy is restored
+    with pytest.raises(InterruptedError):
+        NODES["TreegrpoBranchedDenoising"]().run(pipeline, "a fox", 0, 2, 1, 1, 3, 1.0)
+    assert "model_output" not in vars(pipeline.policy)
+
+
+# --- Apply LoRA to ComfyUI's MODEL ----------------------------------------------------------------
+def test_apply_lora_uses_comfyui_loader(root, monkeypatch):
+    (root / "loras").mkdir(exist_ok=True)
+    lora = {"lora_transformer_x_to_q.lora_down.weight": torch.ones(2, 3),
+            "lora_transformer_x_to_q.lora_up.weight": torch.ones(3, 2), "lora_transformer_x_to_q.alpha": torch.tensor(2.0)}
+    save_file(lora, str(root / "loras" / "tuned.safetensors"))
+    apply = NODES["TreegrpoApplyLoRA"]().apply
+    with pytest.raises(RuntimeError, match="needs ComfyUI"):
+        apply("MODEL", "tuned.safetensors", 1.0)
+    calls = []
+    fake_comfy(monkeypatch, calls)
+    model = object()
+    (patched,) = check_outputs("TreegrpoApplyLoRA", apply(model, "tuned.safetensors", 0.8))
+    assert patched == ("patched", model)
+    assert calls[0] == ("load", str(root / "loras" / "tuned.safetensors"), True)
+    _, got_model, clip, got_lora, strength, strength_clip = calls[1]
+    assert got_model is model and clip is None and (strength, strength_clip) == (0.8, 0)
+    assert set(got_lora) == set(lora) and all(torch.equal(got_lora[k], lora[k]) for k in lora)
+    assert apply(model, "tuned.safetensors", 0.0) == (model,) and len(calls) == 2
+    for bad in ("../toy.py", str(root / "toy.py")):
+        with pytest.raises(PathNotAllowedError):
+            apply(model, bad, 1.0)
+    (root / "loras" / "old.ckpt").write_bytes(b"pickle")
+    with pytest.raises(PathNotAllowedError, match="safetensors files only"):
+        apply(model, "old.ckpt", 1.0)
+    save_file({"blocks.0.to_q.lora_A.default.weight": torch.ones(2, 3)}, str(root / "loras" / "raw.safetensors"))
+    with pytest.raises(ValueError, match="export_lora"):
+        apply(model, "raw.safetensors", 1.0)
+
+
+# --- example workflows --------------------------------------------------------------------------
+def declaration(class_type):
+    """(linked inputs [(name, type)], widget names, required names, output types) of a node class."""
+    if class_type in STOCK:
+        links, widgets, outputs = STOCK[class_type]
+        return links, widgets, [n for n, _ in links] + widgets, outputs
+    assert class_type in NODES, f"unknown node class {class_type}"
+    spec = NODES[class_type].INPUT_TYPES()
+    entries = {**spec["required"], **spec.get("optional", {})}
+    links = [(n, d[0]) for n, d in entries.items() if isinstance(d[0], str) and d[0] not in ("INT", "FLOAT", "STRING")]
+    widgets = [n for n in entries if n not in dict(links)]
+    return links, widgets, list(spec["required"]), list(NODES[class_type].RETURN_TYPES)
+
+
+@pytest.mark.parametrize("name", ["toy_branched_denoising", "sd35_treegrpo_lora"])
+def test_workflows_are_valid_and_ui_matches_api(name):
+    api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node_id, node in api.items():
+        links, widgets, required, _ = declaration(node["class_type"])
+        assert set(required) <= set(node["inputs"]) <= set(required) | {n for n, _ in links} | set(widgets)
+        for input_name, value in node["inputs"].items():
+            if input_name in dict(links):
+                src, slot = value
+                out_type = declaration(api[src]["class_type"])[3][slot]
+                assert dict(links)[input_name] in (out_type, "*"), (node_id, input_name)
+    assert {"id", "last_node_id", "last_link_id", "nodes", "links", "version"} <= set(ui)
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    assert ui["last_node_id"] >= max(by_id) and ui["last_link_id"] >= max(link[0] for link in ui["links"])
+    for link_id, src, src_slot, dst, dst_slot, link_type in ui["links"]:
+        assert link_id in by_id[src]["outputs"][src_slot]["links"]
+        assert by_id[dst]["inputs"][dst_slot]["link"] == link_id
+        assert by_id[src]["outputs"][src_slot]["type"] == link_type
+    rebuilt = {}
+    for node in ui["nodes"]:
+        assert {"id", "type", "pos", "size", "inputs", "outputs", "widgets_values"} <= set(node)
+        links, widgets, _, outputs = declaration(node["type"])
+        assert [i["name"] for i in node["inputs"]] == [n for n, _ in links]
+        assert [o["type"] for o in node["outputs"]] == outputs
+        values = list(node["widgets_values"])
+        if "seed" in widgets:  # the frontend's control_after_generate value follows the seed
+            assert values.pop(widgets.index("seed") + 1) in ("fixed", "randomize", "increment", "decrement")
+        inputs = dict(zip(widgets, values, strict=True))
+        for i in node["inputs"]:
+            if i["link"] is not None:
+                link = next(entry for entry in ui["links"] if entry[0] == i["link"])
+                inputs[i["name"]] = [str(link[1]), link[2]]
+        rebuilt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    assert rebuilt == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+
+
+def test_toy_api_workflow_runs_through_our_nodes(monkeypatch):
+    """Execute the toy API workflow's treegrpo nodes in dependency order (stock nodes skipped); its
+    config path resolves in the default model folder, the treegrpo source tree."""
+    monkeypatch.delenv("TREEGRPO_COMFY_ROOT", raising=False)
+    monkeypatch.setitem(sys.modules, "folder_paths", None)
+    assert resolve_path("configs/treegrpo_toy_shapes.py") == ROOT / "configs" / "treegrpo_toy_shapes.py"
+    api = json.loads((WORKFLOWS / "toy_branched_denoising_api.json").read_text())
+    results = {}
+    while len(results) < sum(n["class_type"] in NODES for n in api.values()):
+        for node_id, node in api.items():
+            if node_id in results or node["class_type"] not in NODES:
+                continue
+            inputs = node["inputs"]
+            if any(isinstance(v, list) and v[0] not in results for v in inputs.values()):
+                continue
+            args = {k: results[v[0]][v[1]] if isinstance(v, list) else v for k, v in inputs.items()}
+            cls = NODES[node["class_type"]]
+            results[node_id] = check_outputs(node["class_type"], getattr(cls(), cls.FUNCTION)(**args))
+    (tree, leaves, table), (scores, score_table) = results["2"], results["6"]
+    assert leaves.shape == (8, 32, 32, 3) and len(parse_table(table)) == 8 and tree.shape[0] == 1
+    assert len(scores) == 8 and all(s < 0 for s in scores) and "JPEGCompressibility" in score_table
