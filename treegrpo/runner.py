@@ -86,6 +86,8 @@ class Runner:
         self.sampler = build(SAMPLERS, cfg.sampler)
         self.reward = build(REWARDS, cfg.reward)
         self.reward_name = cfg.reward["type"]
+        if callable(getattr(self.reward, "load", None)):
+            self.reward.load()  # missing reward weights fail here, not after the first rollout
         self.advantage = build(ADVANTAGES, cfg.advantage)
         self.loss = build(LOSSES, cfg.loss)
         self.train_dataset = build(DATASETS, cfg.train_dataset)
@@ -154,17 +156,17 @@ class Runner:
         prompts = self.prompts_for(iteration)
         plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
 
-        with timer(times, "sample"):
+        with timer(times, "sample", self.device):
             self.policy.denoiser.eval()
             rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan,
                                           self.generator("sample", iteration))
-        with timer(times, "reward"):
+        with timer(times, "reward", self.device):
             rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
             all_rewards = self.accelerator.gather(rewards).float().cpu()
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
         advantages = self.advantage(rollout, rewards)
-        with timer(times, "update"):
+        with timer(times, "update", self.device):
             update_stats = self.update(rollout, advantages, iteration)
 
         edges = int((rollout.parent >= 0).sum()) * self.world_size

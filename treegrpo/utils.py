@@ -23,12 +23,18 @@ def make_generator(device: torch.device | str, *keys: int) -> torch.Generator:
 
 
 @contextmanager
-def timer(times: dict[str, float], key: str) -> Iterator[None]:
-    """Add the wall time of the block to ``times[key]`` (seconds)."""
+def timer(times: dict[str, float], key: str, device: torch.device | str | None = None) -> Iterator[None]:
+    """Add the wall time of the block to ``times[key]`` (seconds). On a CUDA ``device`` the
+    queued GPU work is waited for at both ends, so each phase is charged its own kernels."""
+    sync = device is not None and torch.device(device).type == "cuda"
+    if sync:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     try:
         yield
     finally:
+        if sync:
+            torch.cuda.synchronize(device)
         times[key] = times.get(key, 0.0) + time.perf_counter() - start
 
 

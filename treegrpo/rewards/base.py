@@ -34,6 +34,11 @@ class Reward(abc.ABC):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """images [L, 3, H, W] float in [0, 1], L prompts -> rewards [L] float."""
 
+    def load(self) -> Any:
+        """Load weights now instead of at the first call, so a missing file fails at start-up
+        rather than after the first rollout. Default: nothing to load."""
+        return self
+
     def log_values(self) -> dict[str, float]:
         """Extra scalars about the last call for the training log (e.g. each part of a weighted
         sum as ``reward/<name>``); the runner averages them over processes. Default: none."""

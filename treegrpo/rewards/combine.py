@@ -130,6 +130,13 @@ class WeightedSum(Reward):
         total = weighted_sum(parts, torch.tensor(self.weights, dtype=torch.float32))
         return total.to(images.device)
 
+    def load(self) -> "WeightedSum":
+        """Load every part's weights now (parts without ``load`` have none)."""
+        for part in self.parts:
+            if callable(getattr(part, "load", None)):
+                part.load()
+        return self
+
     def log_values(self) -> dict[str, float]:
         """``{'reward/<name>': mean raw score of that part in the last call}`` ({} before any)."""
         return {f"reward/{name}": value for name, value in self.last_means.items()}
