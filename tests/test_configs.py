@@ -37,10 +37,12 @@ def test_config_trains_two_iterations(config, tmp_path):
     assert runner.iteration == 2
 
 
-def test_grpo_baseline_has_the_tree_budget():
+@pytest.mark.parametrize("pair", [("treegrpo_toy_shapes", "grpo_toy_shapes"), ("treegrpo_sd3_hps", "grpo_sd3_hps")])
+def test_grpo_baseline_has_the_tree_budget(pair):
     """Same prompts, leaves per prompt (G = k**d), window, reward and optimizer as the tree."""
-    tree = load_config(str(ROOT / "configs/treegrpo_toy_shapes.py"), {})
-    flat = load_config(str(ROOT / "configs/grpo_toy_shapes.py"), {})
+    tree = load_config(str(ROOT / f"configs/{pair[0]}.py"), {})
+    flat = load_config(str(ROOT / f"configs/{pair[1]}.py"), {})
+    assert flat.sampler.guidance_scale == tree.sampler.guidance_scale
     assert flat.sampler.group_size == tree.schedule.k ** tree.schedule.depth
     assert flat.sampler.num_steps == tree.sampler.num_steps
     for key in ("schedule", "reward", "optimizer", "prompts_per_iter", "max_iters", "loss", "update", "policy"):
@@ -59,6 +61,46 @@ def tiny_models(tmp_path_factory):
     from tools.make_tiny_models import main as make_tiny
 
     return make_tiny(["--out", str(tmp_path_factory.mktemp("tiny"))])
+
+
+def reward_overrides(config: str, clip: Path) -> list[str]:
+    """Point the config's reward weights at the tiny random CLIP reward model."""
+    hps = [f"checkpoint={clip}", f"clip_path={clip}", "dtype=float32"]
+    if "clipscore" in config:
+        return [f"reward.rewards.0.{o}" for o in hps] + [f"reward.rewards.1.model={clip}",
+                                                          "reward.rewards.1.dtype=float32"]
+    if "hps" in config:
+        return [f"reward.{o}" for o in hps]
+    if "aesthetic" in config:
+        return [f"reward.checkpoint={clip / 'aesthetic_mlp.safetensors'}", f"reward.clip_model={clip}",
+                "reward.dtype=float32"]
+    return []
+
+
+GPU_CONFIGS = {"treegrpo_sd3_hps": "sd3", "grpo_sd3_hps": "sd3", "treegrpo_sd3_hps_clipscore": "sd3",
+               "treegrpo_flux_hps": "flux", "treegrpo_sd15_aesthetic": "sd15"}
+
+
+def test_every_non_toy_config_has_a_dry_run():
+    non_toy = {Path(c).stem for c in ALL_CONFIGS if c not in CONFIGS}
+    assert non_toy == set(GPU_CONFIGS) | {"treegrpo_sd35_jpeg"}
+
+
+@pytest.mark.parametrize("config", sorted(GPU_CONFIGS))
+def test_gpu_config_dry_runs_on_tiny_local_models(config, tiny_models, tmp_path):
+    """The shipped GPU configs (real rewards, LoRA, eval hook) run one iteration on the tiny
+    random-weight generator and reward models that tools/make_tiny_models.py writes."""
+    overrides = [f"policy.model_path={tiny_models[GPU_CONFIGS[config]]}", *TINY_OVERRIDES,
+                 *reward_overrides(config, tiny_models["clip_reward"])]
+    runner = train_main([str(ROOT / "configs" / f"{config}.py"), "--work-dir", str(tmp_path),
+                         "--cfg-options", *overrides])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if "reward/mean" in r]
+    assert runner.iteration == 1 and len(train) == 1
+    assert torch.isfinite(torch.tensor(train[0]["losses/loss"]))
+    if "clipscore" in config:
+        assert {"reward/hps", "reward/clipscore"} <= set(train[0])
+    assert (tmp_path / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_sd35_config_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):

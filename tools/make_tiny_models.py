@@ -1,7 +1,11 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models        # writes <out>/sd3, <out>/sd15, <out>/flux
+    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, clip_reward
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
+
+``clip_reward`` is a transformers CLIPModel folder with its tokenizer, usable wherever the
+CLIP-family rewards take a converted checkpoint or a model folder (HPSv2 ``checkpoint`` and
+``clip_path``, CLIPScore / PickScore ``model``), plus ``aesthetic_mlp.safetensors`` for Aesthetic.
 
 The models have the real architectures (same classes, configs and file layout as the hub
 checkpoints) at toy sizes, so every loading path runs without a download. No weights are trained.
@@ -182,7 +186,36 @@ def tiny_flux_pipeline(seed: int = 0):
     )
 
 
-BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline}
+class TinyClipReward:
+    """A tiny random CLIPModel + byte-level tokenizer + an aesthetic MLP on its embeddings."""
+
+    def __init__(self, seed: int = 0) -> None:
+        from transformers import CLIPConfig, CLIPModel
+
+        from treegrpo.rewards.clip_convert import AestheticMLP
+
+        self.tokenizer = byte_level_clip_tokenizer()
+        vocab = len(self.tokenizer)
+        text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
+                    eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      image_size=32, patch_size=8)
+        torch.manual_seed(seed)
+        self.model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+        torch.manual_seed(seed + 1)
+        self.aesthetic = AestheticMLP(dim=16)
+
+    def save_pretrained(self, path, safe_serialization: bool = True) -> None:
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(path, safe_serialization=safe_serialization)
+        self.tokenizer.save_pretrained(path)
+        save_file(self.aesthetic.state_dict(), str(Path(path) / "aesthetic_mlp.safetensors"))
+
+
+BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline,
+            "clip_reward": TinyClipReward}
 
 
 def main(argv=None) -> dict[str, Path]:
