@@ -290,7 +290,7 @@ def test_hps_equals_cosine_of_the_open_clip_reference(weights):
     images = rand_images(3, 50, 37)
     prompts = PROMPTS[:3]
     reward = make_rewards(weights)["HPSv2"]
-    pixels = clip_preprocess(images, IMAGE, crop_rounding="round")
+    pixels = clip_preprocess(images, IMAGE, crop_rounding="round", clamp=False)  # HPS resizes the float tensor
     ids = tokenize(byte_level_clip_tokenizer(), prompts, CTX)
     state = open_clip_state(seed=1)
     expected = F.cosine_similarity(ref_image_features(state, pixels), ref_text_features(state, ids))
@@ -428,3 +428,15 @@ def test_hps_agrees_with_the_official_package():
     ours = HPSv2(checkpoint=checkpoint, clip_path=tokenizer)(images, prompts)
     official = HPSv2(checkpoint=checkpoint, backend="official")(images, prompts)
     assert (ours - official).abs().max().item() < 1e-3
+
+
+def test_clamp_flag_keeps_bicubic_overshoot():
+    from treegrpo.rewards.clip_preprocess import clip_preprocess
+
+    edge = torch.zeros(1, 3, 40, 40)
+    edge[..., 20:] = 1.0  # a hard edge: bicubic over- and undershoots next to it
+    clamped = clip_preprocess(edge, 16, mean=(0.0,) * 3, std=(1.0,) * 3)
+    raw = clip_preprocess(edge, 16, mean=(0.0,) * 3, std=(1.0,) * 3, clamp=False)
+    assert clamped.min() >= 0.0 and clamped.max() <= 1.0
+    assert raw.min() < 0.0 and raw.max() > 1.0
+    torch.testing.assert_close(raw.clamp(0, 1), clamped)

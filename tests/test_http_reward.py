@@ -97,7 +97,8 @@ def test_server_health_check_and_malformed_request():
         assert "one image per prompt (got 1 images for 2 prompts)" in json.loads(info.value.read())["error"]
 
 
-def test_server_failing_twice_then_succeeding_is_retried():
+@pytest.mark.parametrize("code", [503, 429])  # busy server, rate limit
+def test_server_failing_twice_then_succeeding_is_retried(code):
     class Flaky(RewardHandler):
         posts = 0
 
@@ -105,7 +106,7 @@ def test_server_failing_twice_then_succeeding_is_retried():
             type(self).posts += 1
             if type(self).posts <= 2:
                 self.rfile.read(int(self.headers["Content-Length"]))
-                self.send_json(503, {"error": "warming up"})
+                self.send_json(code, {"error": "warming up"})
             else:
                 super().do_POST()
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .clip_convert import load_pickle_weights_only
+
 StateDict = dict[str, torch.Tensor]
 
 SCORE_MEAN = 0.16717362830052426
@@ -226,17 +228,7 @@ def load_image_reward_checkpoint(path: str | Path) -> StateDict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # the pickle holds something beyond tensors
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({first_line}). If you trust "
-            f"the file, re-save it as safetensors once and point the reward at that file: "
-            f"python -c \"import torch; from safetensors.torch import save_file; "
-            f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
-            f"save_file({{k: v.contiguous() for k, v in sd.items()}}, 'ImageReward.safetensors')\""
-        ) from error
+    sd = load_pickle_weights_only(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

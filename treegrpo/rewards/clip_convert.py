@@ -32,6 +32,23 @@ _BLOCK_NAMES = {
 }
 
 
+def load_pickle_weights_only(path: Path):
+    """``torch.load(path, weights_only=True)``; a pickle holding more than tensors gets an error
+    with the one-line command that re-saves it as safetensors (for a file the user trusts)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # the pickle holds something beyond tensors
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"{path} cannot be read with torch.load(weights_only=True) ({first_line}). If you trust "
+            f"the file, re-save it as safetensors once and point the reward at that file: "
+            f"python -c \"import torch; from safetensors.torch import save_file; "
+            f"sd = torch.load('{path}', map_location='cpu', weights_only=False); "
+            f"sd = sd.get('state_dict', sd); "
+            f"save_file({{k: v.contiguous() for k, v in sd.items()}}, '{path.with_suffix('.safetensors')}')\""
+        ) from error
+
+
 def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a torch pickle (``weights_only=True``; a nested
     ``'state_dict'`` entry, as in HPS / Lightning checkpoints, is unwrapped; ``module.``
@@ -44,7 +61,7 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_pickle_weights_only(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -112,6 +112,7 @@ class CLIPFamilyReward(Reward):
     """
 
     crop_rounding = "round"  # torchvision CenterCrop (open_clip, OpenAI clip)
+    clamp_after_resize = True  # PIL resizes uint8 images, which clips the bicubic overshoot
 
     def __init__(self, device: str | torch.device | None = None,
                  dtype: str | torch.dtype = "float32", batch_size: int = 16) -> None:
@@ -157,7 +158,8 @@ class CLIPFamilyReward(Reward):
 
     def _pixels(self, images: torch.Tensor, model) -> torch.Tensor:
         size = model.config.vision_config.image_size
-        return clip_preprocess(images, size, crop_rounding=self.crop_rounding).to(self.dtype)
+        return clip_preprocess(images, size, crop_rounding=self.crop_rounding,
+                               clamp=self.clamp_after_resize).to(self.dtype)
 
     def _ids(self, prompts: list[str], model, tokenizer) -> torch.Tensor:
         ids = tokenize(tokenizer, prompts, model.config.text_config.max_position_embeddings)
@@ -197,6 +199,8 @@ class HPSv2(CLIPFamilyReward):
             preprocessing; extra ``rewards-official``).
         vision_heads, text_heads: attention heads (None: 16 and 16 for ViT-H-14, see clip_convert).
     """
+
+    clamp_after_resize = False  # HPS's transform resizes the float tensor (ToTensor first)
 
     def __init__(self, checkpoint: str | Path | None = None, version: str = "v2.1",
                  clip_path: str | Path = LAION_VIT_H, backend: str = "transformers",

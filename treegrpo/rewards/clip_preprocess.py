@@ -10,8 +10,9 @@ The evaluation transform of open_clip / OpenAI ``clip`` / ``CLIPImageProcessor``
    (``floor``, as ``CLIPImageProcessor.center_crop``); the two differ only for odd margins;
 3. normalise per channel with the OpenAI CLIP mean and std (also used by the LAION ViT-H-14).
 
-Unlike the reference pipelines, images are not quantised to uint8 first; the resized values are
-clamped to [0, 1] (what the uint8 PIL path does to bicubic overshoot).
+Unlike the reference pipelines, images are not quantised to uint8 first; by default the resized
+values are clamped to [0, 1] (what the uint8 PIL path does to bicubic overshoot); ``clamp=False``
+for pipelines that resize the float tensor (HPS-v2).
 """
 from __future__ import annotations
 
@@ -62,11 +63,14 @@ def clip_preprocess(
     mean: Sequence[float] = OPENAI_CLIP_MEAN,
     std: Sequence[float] = OPENAI_CLIP_STD,
     crop_rounding: str = "round",
+    clamp: bool = True,
 ) -> torch.Tensor:
     """[B, 3, H, W] float in [0, 1] -> [B, 3, size, size] float32 CLIP pixel values.
 
     Resize (shortest side to ``size``, bicubic, antialias; skipped when already that size),
     clamp to [0, 1], center crop, normalise. Differentiable with respect to ``images``.
+    ``clamp=False`` keeps the bicubic overshoot, as pipelines that resize float tensors (HPS's
+    ``ToTensor`` before ``Resize``) do.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
@@ -75,7 +79,9 @@ def clip_preprocess(
     new_h, new_w = resized_shape(height, width, size)
     if (new_h, new_w) != (height, width):
         images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
-                               antialias=True).clamp(0.0, 1.0)
+                               antialias=True)
+        if clamp:
+            images = images.clamp(0.0, 1.0)
     top, left = center_crop_offsets(new_h, new_w, size, crop_rounding)
     images = images[:, :, top:top + size, left:left + size]
     return normalize(images, mean, std)

@@ -4,7 +4,7 @@ Config::
 
     reward = dict(
         type='WeightedSum',
-        rewards=[dict(type='HPSv2', checkpoint='...'), dict(type='CLIPScore', checkpoint='...')],
+        rewards=[dict(type='HPSv2', checkpoint='...'), dict(type='CLIPScore', model='openai/clip-vit-large-patch14')],
         weights=[1.0, 0.5],
         names=['hps', 'clip'],      # optional; default: each part's type name
         normalize='none',           # or 'batch'

@@ -16,10 +16,10 @@ Response: status 200, a JSON object ``{"scores": [s_0, ..., s_{L-1}]}`` with one
 per image, in the request's order. Any other keys are ignored.
 
 Errors: the server answers 4xx when the request is malformed (not retried: sending it again
-cannot help) and 5xx when scoring failed on its side (retried), ideally with a JSON body
+cannot help; except 408 and 429, timeout and rate limit, which are retried) and 5xx when scoring failed on its side (retried), ideally with a JSON body
 ``{"error": "<message>"}`` whose message the client shows.
 
-The client retries connection errors, timeouts and 5xx answers ``retries`` times, sleeping
+The client retries connection errors, timeouts, 408 / 429 and 5xx answers ``retries`` times, sleeping
 ``backoff * 2**attempt`` seconds between tries, then raises :class:`RewardError`.
 """
 from __future__ import annotations
@@ -42,6 +42,9 @@ from PIL import Image
 from treegrpo.registry import REWARDS
 from treegrpo.rewards.base import Reward, RewardError, check_images
 from treegrpo.rewards.image_stats import to_uint8
+
+# Client errors worth another try: request timeout (408) and rate limiting (429).
+RETRIED_CLIENT_CODES = (408, 429)
 
 MAX_ERROR_CHARS = 500
 
@@ -135,7 +138,7 @@ class HTTPReward(Reward):
     Args:
         url: ``http://`` or ``https://`` address the requests are POSTed to.
         timeout: seconds to wait for each answer (> 0).
-        retries: extra tries after a connection error, timeout or 5xx answer (>= 0).
+        retries: extra tries after a connection error, timeout, 408 / 429 or 5xx answer (>= 0).
         backoff: seconds before the first retry, doubled for each further one (>= 0).
         batch_size: images per request (None: all images of a call in one request).
         headers: extra HTTP headers, e.g. ``{'Authorization': 'Bearer ...'}``.
@@ -185,7 +188,7 @@ class HTTPReward(Reward):
                     answer = response.read()
             except urllib.error.HTTPError as err:
                 last_error = _error_message(err)
-                if err.code < 500:
+                if err.code < 500 and err.code not in RETRIED_CLIENT_CODES:
                     raise RewardError(
                         f"reward server {self.url} rejected the request with {last_error} "
                         f"(a client error, not retried); check the url, the headers and that "
