@@ -6,12 +6,11 @@ treegrpo itself is imported lazily, so the pack imports (and lists its nodes) wi
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -133,27 +132,6 @@ def expected_forward_rows(steps: int, start: int, depth: int, k: int, guidance_s
     return (tree + nodes) * (2 if guidance_scale > 1.0 else 1)
 
 
-@contextlib.contextmanager
-def count_forward_rows(policy: Any, on_rows: Callable[[int], None] | None) -> Iterator[None]:
-    """Within the block, call ``on_rows(total rows so far)`` after every model forward."""
-    if on_rows is None:
-        yield
-        return
-    forward, seen = policy.model_output, [0]
-
-    def counted(latents, level, cond):
-        out = forward(latents, level, cond)
-        seen[0] += latents.shape[0]
-        on_rows(seen[0])
-        return out
-
-    policy.model_output = counted  # instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del policy.model_output
-
-
 def leaf_paths(parent: list[int], leaf_nodes: list[int]) -> list[str]:
     """Branch choices from the root to each leaf, e.g. '0-1-1' (child rank at each depth)."""
     rank, seen = [0] * len(parent), {}
@@ -174,16 +152,19 @@ def leaf_paths(parent: list[int], leaf_nodes: list[int]) -> list[str]:
 # --- load -------------------------------------------------------------------------------------
 def read_trainable_state(path: Path, policy: Any) -> dict[str, torch.Tensor]:
     """Trained tensors from a run folder, a checkpoints/iter_<n> folder (its model.safetensors;
-    the optimizer state is never read) or a LoRA .safetensors file in any layout of :mod:`lora`."""
+    the optimizer state is never read) or a LoRA .safetensors file in any layout of :mod:`lora`
+    (a diffusers file's alpha read from its metadata)."""
     from safetensors.torch import load_file
     from treegrpo.checkpoint import resolve_checkpoint
+    from treegrpo.lora_export import read_safetensors
 
     if path.is_dir():
         weights = resolve_checkpoint(path) / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing: not a complete treegrpo checkpoint")
         return load_file(str(weights))
-    return to_trainable_state(load_file(str(require_safetensors(path))), policy)
+    state, metadata = read_safetensors(require_safetensors(path))
+    return to_trainable_state(state, policy, metadata)
 
 
 def checkpoint_fingerprint(config: str, checkpoint: str) -> str:
@@ -323,13 +304,10 @@ def branched_denoising(pipeline: TreegrpoPipeline, prompt: str, seed: int = 0, k
     Returns (tree picture IMAGE [1, H, W, 3], leaves IMAGE [k**depth, h, w, 3], text table).
     """
     require_treegrpo()
-    from treegrpo.advantages import TreeBackup
-    from treegrpo.registry import ADVANTAGES, KERNELS, build
-    from treegrpo.rewards.base import check_rewards
-    from treegrpo.samplers import TreeSampler
+    from treegrpo.registry import KERNELS, build
     from treegrpo.schedules import BranchPlan
     from treegrpo.utils import make_generator
-    from treegrpo.visualization import draw_tree, node_previews
+    from treegrpo.visualization import branched_sample, tree_advantage
 
     if not isinstance(pipeline, TreegrpoPipeline):
         raise TypeError(f"pipeline must come from 'Load treegrpo checkpoint', got {type(pipeline).__name__}")
@@ -339,30 +317,21 @@ def branched_denoising(pipeline: TreegrpoPipeline, prompt: str, seed: int = 0, k
     policy, cfg = pipeline.policy, pipeline.cfg
     kernel = build(KERNELS, {**dict(cfg.kernel), "eta": float(eta)})
     sampler_cfg = cfg.get("sampler", {})
-    sampler = TreeSampler(num_steps=steps, guidance_scale=sampler_cfg.get("guidance_scale", 1.0),
-                          chunk_size=sampler_cfg.get("chunk_size"))
+    guidance_scale = sampler_cfg.get("guidance_scale", 1.0)
     plan = BranchPlan(start=window_start, depth=depth, k=k)
     scorer, reward_name = build_reward(reward, reward_kwargs, cfg.get("reward"))
-    advantage = build(ADVANTAGES, cfg.advantage) if "advantage" in cfg else None
-    if not isinstance(advantage, TreeBackup):  # a flat config: back up uniformly
-        advantage = TreeBackup(weighting="mean")
+    advantage = tree_advantage(cfg.get("advantage"))
 
-    total = expected_forward_rows(steps, window_start, depth, k, sampler.guidance_scale) + 1
+    total = expected_forward_rows(steps, window_start, depth, k, guidance_scale) + 1
     progress = comfy_progress(total)
-    with count_forward_rows(policy, progress):
-        rollout = sampler.sample(policy, kernel, [prompt], plan, make_generator("cpu", seed, 2))
-        previews = node_previews(policy, kernel, rollout)
-    rewards = check_rewards(scorer(rollout.images, rollout.leaf_prompts), rollout.leaf_nodes.numel(), reward_name)
-    adv = advantage(rollout, rewards)
+    tree = branched_sample(policy, kernel, scorer, reward_name, advantage, prompt, plan, steps, guidance_scale,
+                           make_generator("cpu", seed, 2), chunk_size=sampler_cfg.get("chunk_size"),
+                           thumb=thumb, eta=eta, on_rows=progress)
     if progress is not None:
         progress(total)
 
+    rollout, rewards, adv = tree.rollout, tree.rewards, tree.advantages
     parent, leaves = rollout.parent.tolist(), rollout.leaf_nodes.tolist()
-    picture = draw_tree(
-        parent, previews, leaves, rollout.images, rewards.tolist(), adv.node.tolist(), thumb=thumb,
-        title=f"{prompt}  |  steps {plan.start}..{plan.stop - 1} of {steps}, k={k}, eta={eta:g}, "
-              f"mean reward {rewards.mean():.3f}",
-    )
     lines = [f"prompt: {prompt}",
              f"{pipeline.source}; steps {steps}, SDE window {plan.start}..{plan.stop - 1}, k={k}, "
              f"eta={eta:g}, seed {seed}, reward {reward_name}, NFE {rollout.nfe}",
@@ -371,4 +340,4 @@ def branched_denoising(pipeline: TreegrpoPipeline, prompt: str, seed: int = 0, k
         lines.append(f"{i:<4d}  {node:<4d}  {path:<10s}  {rewards[i]:8.4f}  {adv.node[node]:+9.4f}")
     lines.append(f"mean reward {rewards.mean():.4f}, std {rewards.std(unbiased=False):.4f}"
                  + ("  (all rewards equal: advantages are 0)" if adv.zero_std_groups else ""))
-    return pil_to_comfy(picture), to_comfy_images(rollout.images), "\n".join(lines)
+    return pil_to_comfy(tree.picture), to_comfy_images(rollout.images), "\n".join(lines)

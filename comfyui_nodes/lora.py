@@ -1,10 +1,12 @@
 """LoRA files: into a treegrpo policy (both exported layouts) and into ComfyUI's own MODEL.
 
 Layouts read by :func:`to_trainable_state`, for a LoRA module ``m`` (e.g.
-``transformer_blocks.0.attn.to_q``) of the policy's denoiser:
+``transformer_blocks.0.attn.to_q``) of the policy's denoiser; the parsing is
+``treegrpo.lora_export``'s (``from_diffusers`` / ``from_comfyui``):
 - treegrpo's own checkpoint names: ``m.lora_A.default.weight`` / ``m.lora_B.default.weight``;
 - diffusers (``pipe.load_lora_weights``): ``transformer.m.lora_A.weight`` / ``...lora_B.weight``
-  (``unet.`` for UNets), scaled like the policy (its ``lora_alpha`` is the config's);
+  (``unet.`` for UNets), alpha from the ``lora_adapter_metadata`` of the safetensors metadata
+  (no metadata: alpha = r, as diffusers loads it);
 - ComfyUI / kohya (``tools/export_lora.py``): ``lora_transformer_<m with _>.lora_down.weight``,
   ``.lora_up.weight`` and ``.alpha`` (``lora_unet_`` for UNets); applied as
   ``up @ down * alpha / rank`` (no alpha: scale 1, as ComfyUI does).
@@ -12,81 +14,69 @@ Layouts read by :func:`to_trainable_state`, for a LoRA module ``m`` (e.g.
 from __future__ import annotations
 
 import importlib
-import re
 from typing import Any
 
 import torch
 
 from .paths import require_safetensors, resolve_path
 
-DIFFUSERS_KEY = re.compile(r"^(?:transformer|unet)\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
-KOHYA_KEY = re.compile(r"^lora_(?:transformer|unet)_(?P<flat>.+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
-PARTS = {"A": "down", "B": "up", "lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
 PEFT_MARK = ".lora_A.default."
 
 
-def _parse_key(key: str, by_flat: dict[str, str]) -> tuple[str, str, str]:
-    """(module name, 'down' | 'up' | 'alpha', 'diffusers' | 'kohya') of one LoRA file key."""
-    match = DIFFUSERS_KEY.match(key)
-    if match:
-        return match["module"], PARTS[match["part"]], "diffusers"
-    match = KOHYA_KEY.match(key)
-    if match and match["flat"] in by_flat:
-        return by_flat[match["flat"]], PARTS[match["part"]], "kohya"
-    raise KeyError(
-        f"LoRA key {key!r} is neither diffusers (transformer.<module>.lora_A.weight) nor "
-        "ComfyUI/kohya (lora_transformer_<module>.lora_down.weight) layout for a module the "
-        "policy adapts"
-    )
+def read_lora_modules(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, policy: Any,
+                      adapted: list[str]) -> dict[str, Any]:
+    """{module: treegrpo.lora_export.LoraModule} of a diffusers or ComfyUI/kohya LoRA file for
+    ``policy``, whose LoRA modules are ``adapted``; KeyError when the file does not fit them."""
+    from treegrpo.lora_export import (FAMILIES, POLICY_FAMILY, detect_family, from_comfyui, from_diffusers,
+                                      known_module_names)
 
-
-def to_trainable_state(state: dict[str, torch.Tensor], policy: Any) -> dict[str, torch.Tensor]:
-    """Tensors of a LoRA file -> the policy's trainable state dict (peft names), rescaled so the
-    policy's ``B @ A * lora_alpha / r`` equals the file's update. A state that already has the
-    trainable names is returned unchanged."""
-    denoiser = policy.unwrapped_denoiser()
-    params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
-    if set(state) == set(params):
-        return state
-    modules = sorted({n.split(".lora_A.")[0] for n in params if ".lora_A." in n})
-    if not modules:
-        raise ValueError(
-            f"{type(policy).__name__} trains no LoRA adapters (the config has no policy.lora), so a "
-            "LoRA file cannot be loaded into it: give a run or checkpoints/iter_<n> folder instead"
-        )
-    by_flat = {m.replace(".", "_"): m for m in modules}
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    layouts: dict[str, str] = {}
-    for key, value in state.items():
-        module, part, layout = _parse_key(key, by_flat)
-        layouts[module] = layout
-        groups.setdefault(module, {})[part] = value
-    unknown = sorted(set(groups) - set(modules))
-    missing = sorted(set(modules) - set(groups))
+    family = POLICY_FAMILY.get(type(policy).__name__) or detect_family(adapted)
+    diffusers_prefix, comfy_prefix = FAMILIES[family]
+    if any(key.startswith(comfy_prefix) for key in state):
+        modules = from_comfyui(state, family, known_module_names(policy.unwrapped_denoiser()))
+    else:
+        prefix, modules = from_diffusers(state, metadata)
+        if prefix != diffusers_prefix:
+            raise KeyError(f"the LoRA file adapts the {prefix!r} component, but {type(policy).__name__} "
+                           f"trains {diffusers_prefix!r} (keys {diffusers_prefix}.<module>.lora_A.weight)")
+    unknown = sorted(set(modules) - set(adapted))
+    missing = sorted(set(adapted) - set(modules))
     if unknown or missing:
         raise KeyError(
             f"the LoRA file does not match the config's policy.lora modules: not in the policy "
             f"{unknown[:4]}, absent from the file {missing[:4]}"
         )
+    return modules
+
+
+def to_trainable_state(state: dict[str, torch.Tensor], policy: Any,
+                       metadata: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors (and safetensors ``metadata``) of a LoRA file -> the policy's trainable state dict
+    (peft names), rescaled so the policy's ``B @ A * lora_alpha / r`` equals the file's update. A
+    state that already has the trainable names is returned unchanged."""
+    denoiser = policy.unwrapped_denoiser()
+    params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
+    if set(state) == set(params):
+        return state
+    adapted = sorted({n.split(".lora_A.")[0] for n in params if ".lora_A." in n})
+    if not adapted:
+        raise ValueError(
+            f"{type(policy).__name__} trains no LoRA adapters (the config has no policy.lora), so a "
+            "LoRA file cannot be loaded into it: give a run or checkpoints/iter_<n> folder instead"
+        )
+    modules = read_lora_modules(state, metadata, policy, adapted)
     out: dict[str, torch.Tensor] = {}
-    for module in modules:
-        group = groups[module]
-        if "down" not in group or "up" not in group:
-            raise KeyError(f"LoRA module {module!r} lacks its down/up (A/B) matrix")
-        down, up = group["down"], group["up"]
-        name_a, name_b = f"{module}.lora_A.default.weight", f"{module}.lora_B.default.weight"
-        if down.shape != params[name_a].shape or up.shape != params[name_b].shape:
+    for name in adapted:
+        module = modules[name]
+        name_a, name_b = f"{name}.lora_A.default.weight", f"{name}.lora_B.default.weight"
+        if module.down.shape != params[name_a].shape or module.up.shape != params[name_b].shape:
             raise ValueError(
-                f"LoRA module {module!r}: file shapes down {list(down.shape)} / up {list(up.shape)} "
-                f"differ from the policy's {list(params[name_a].shape)} / {list(params[name_b].shape)} "
-                "(set policy.lora.r to the file's rank)"
+                f"LoRA module {name!r}: file shapes down {list(module.down.shape)} / up "
+                f"{list(module.up.shape)} differ from the policy's {list(params[name_a].shape)} / "
+                f"{list(params[name_b].shape)} (set policy.lora.r to the file's rank)"
             )
-        factor = 1.0  # diffusers layout: the file's scale is the config's lora_alpha / r
-        if layouts[module] == "kohya":
-            file_scale = float(group["alpha"]) / down.shape[0] if "alpha" in group else 1.0
-            factor = file_scale / float(denoiser.get_submodule(module).scaling["default"])
-        out[name_a] = down
-        out[name_b] = up * factor
+        out[name_a] = module.down
+        out[name_b] = module.up * (module.scale / float(denoiser.get_submodule(name).scaling["default"]))
     return out
 
 

@@ -321,7 +321,12 @@ def test_sd3_pipeline_loads_lora_files_in_every_layout(root):
     trained = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in policy.trainable_state_dict().items()}
     modules = sorted({k.split(".lora_A.")[0] for k in trained if ".lora_A." in k})
     assert modules and all(k.endswith(".default.weight") for k in trained)
-    diffusers = {f"transformer.{k.replace('.default', '')}": v for k, v in trained.items()}
+    # diffusers layout: alpha in the metadata, 2 at rank 4 (scale 0.5) against the policy's
+    # 8 / 4 = 2: up x 4; without metadata alpha = r (scale 1): up x 2
+    diffusers = {f"transformer.{k.replace('.default', '')}": v * (4.0 if ".lora_B." in k else 1.0)
+                 for k, v in trained.items()}
+    alpha_2 = {"lora_adapter_metadata": json.dumps({"transformer.r": 4, "transformer.lora_alpha": 2})}
+    no_metadata = {k: v / 2.0 if ".lora_B." in k else v for k, v in diffusers.items()}
     # ComfyUI layout with alpha 2 at rank 4 (scale 0.5) against the policy's 8 / 4 = 2: up x 4
     kohya = {}
     for m in modules:
@@ -329,13 +334,17 @@ def test_sd3_pipeline_loads_lora_files_in_every_layout(root):
         kohya[f"{flat}.lora_down.weight"] = trained[f"{m}.lora_A.default.weight"]
         kohya[f"{flat}.lora_up.weight"] = trained[f"{m}.lora_B.default.weight"] * 4.0
         kohya[f"{flat}.alpha"] = torch.tensor(2.0)
-    for name, state in (("peft", trained), ("diffusers", diffusers), ("kohya", kohya)):
-        save_file(state, str(root / f"{name}.safetensors"))
+    for name, state, metadata in (("peft", trained, None), ("diffusers", diffusers, alpha_2),
+                                  ("diffusers_no_metadata", no_metadata, None), ("kohya", kohya, None)):
+        save_file(state, str(root / f"{name}.safetensors"), metadata=metadata)
         loaded = load_sd3(f"{name}.safetensors").policy.trainable_state_dict()
         assert all(torch.allclose(loaded[k], trained[k], atol=1e-6) for k in trained), name
     save_file({**kohya, "lora_transformer_nowhere.alpha": torch.tensor(1.0)}, str(root / "bad.safetensors"))
     with pytest.raises(KeyError, match="nowhere"):
         load_sd3("bad.safetensors")
+    save_file({"unet." + k.split(".", 1)[1]: v for k, v in diffusers.items()}, str(root / "unet.safetensors"))
+    with pytest.raises(KeyError, match="adapts the 'unet' component"):
+        load_sd3("unet.safetensors")
 
 
 def test_sd3_branched_denoising_with_cfg(root, monkeypatch):

@@ -9,8 +9,10 @@ import torch
 
 from tools.eval import main as eval_main
 from treegrpo.checkpoint import save_checkpoint
+from treegrpo.hooks.evaluation import generate, per_prompt_noise
 from treegrpo.inference import load_config, load_policy
 from treegrpo.toy.prompts import all_specs, spec_to_prompt
+from treegrpo.utils import make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "treegrpo_toy_shapes.py")
@@ -104,3 +106,20 @@ def test_an_unknown_reward_name_lists_the_choices(prompt_file, tmp_path):
     assert not (tmp_path / "out").exists()  # fails before any sampling or writing
     with pytest.raises(ValueError, match="--rewards names 'reward' twice"):
         run(prompt_file, tmp_path / "out", rewards="reward,reward")
+
+
+def test_generate_from_explicit_noise_in_chunks():
+    policy, kernel = load_policy(load_config(CONFIG))
+    shape = policy.latent_shape
+    noise = per_prompt_noise(shape, 7, 3)
+    assert noise.shape == (3, *shape)
+    assert torch.equal(noise[1], torch.randn(shape, generator=make_generator("cpu", 7, 1)))
+    assert torch.equal(per_prompt_noise(shape, 7, 2), noise[:2])  # row i does not depend on the count
+    prompts = [spec_to_prompt(spec) for spec in all_specs()[:3]]
+    seeded = generate(policy, kernel, prompts, 3, 1.0, seed=5)  # noise drawn at once from seed 5
+    same_noise = torch.randn((3, *shape), generator=make_generator("cpu", 5))
+    chunked = generate(policy, kernel, prompts, 3, 1.0, seed=0, chunk_size=2, noise=same_noise, image_device="cpu")
+    assert chunked.device.type == "cpu" and torch.allclose(chunked, seeded, atol=1e-5)
+    assert not torch.allclose(generate(policy, kernel, prompts, 3, 1.0, seed=0, noise=noise), seeded, atol=1e-3)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        generate(policy, kernel, prompts, 3, 1.0, seed=0, noise=noise[:2])

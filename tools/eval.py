@@ -29,11 +29,11 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 from treegrpo.datasets.prompt_file import read_prompt_file  # noqa: E402
+from treegrpo.hooks.evaluation import generate, per_prompt_noise  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, build, registered_names  # noqa: E402
 from treegrpo.rewards.base import check_rewards  # noqa: E402
-from treegrpo.samplers.common import decode, ode_integrate  # noqa: E402
-from treegrpo.utils import derive_seed, image_grid, make_generator  # noqa: E402
+from treegrpo.utils import derive_seed, image_grid  # noqa: E402
 
 TRAINING_REWARD = "reward"
 
@@ -87,27 +87,6 @@ def reward_configs(names: list[str], cfg) -> dict[str, dict]:
                 f"eval_rewards in the config, or import its module via custom_imports."
             )
     return configs
-
-
-@torch.no_grad()
-def generate_per_prompt(policy, kernel, prompts: list[str], num_steps: int, guidance_scale: float,
-                        seed: int, batch_size: int) -> torch.Tensor:
-    """ODE samples [P, 3, H, W] in [0, 1], one per prompt. Prompt i starts from noise drawn with
-    ``make_generator('cpu', seed, i)``, so its image does not depend on ``batch_size`` (which only
-    sets how many prompts share a forward pass)."""
-    device = next(policy.denoiser.parameters()).device
-    levels = policy.noise_levels(num_steps).to(device)
-    images = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        noise = torch.stack([
-            torch.randn(policy.latent_shape, generator=make_generator("cpu", seed, start + j))
-            for j in range(len(batch))
-        ])
-        latents = ode_integrate(policy, kernel, noise.to(device), policy.encode_prompts(batch),
-                                levels, range(num_steps), guidance_scale)
-        images.append(decode(policy, latents).cpu())
-    return torch.cat(images)
 
 
 def score(reward, name: str, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
@@ -168,7 +147,11 @@ def main(argv=None) -> dict:
     if num_steps is None:
         raise ValueError("the config has no sampler.num_steps: pass --num-steps")
     guidance = args.guidance_scale if args.guidance_scale is not None else sampler.get("guidance_scale", 1.0)
-    images = generate_per_prompt(policy, kernel, prompts, num_steps, guidance, args.seed, args.batch_size)
+    # prompt i starts from noise seeded with (seed, i): its image does not depend on --batch-size,
+    # which only sets how many prompts share a forward pass
+    noise = per_prompt_noise(policy.latent_shape, args.seed, len(prompts))
+    images = generate(policy, kernel, prompts, num_steps, guidance, args.seed, chunk_size=args.batch_size,
+                      noise=noise, image_device="cpu")
     scores = {name: score(reward, name, images, prompts, args.batch_size) for name, reward in rewards.items()}
 
     rows = summarize(scores)

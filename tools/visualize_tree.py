@@ -18,14 +18,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from treegrpo.advantages import TreeBackup  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
-from treegrpo.registry import ADVANTAGES, REWARDS, SCHEDULES, build  # noqa: E402
-from treegrpo.rewards.base import check_rewards  # noqa: E402
-from treegrpo.samplers import TreeSampler  # noqa: E402
+from treegrpo.registry import REWARDS, SCHEDULES, build  # noqa: E402
 from treegrpo.schedules import BranchPlan  # noqa: E402
 from treegrpo.utils import make_generator  # noqa: E402
-from treegrpo.visualization import draw_tree, node_previews  # noqa: E402
+from treegrpo.visualization import branched_sample, tree_advantage  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,30 +44,19 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     policy, kernel = load_policy(cfg, args.checkpoint)
-    reward = build(REWARDS, cfg.reward)
-    advantage = build(ADVANTAGES, cfg.advantage)
-    if not isinstance(advantage, TreeBackup):  # a flat config: back up uniformly
-        advantage = TreeBackup(weighting="mean")
-    sampler = TreeSampler(num_steps=cfg.sampler.num_steps, guidance_scale=cfg.sampler.get("guidance_scale", 1.0))
-    default = build(SCHEDULES, cfg.schedule).plan(0, sampler.num_steps, make_generator("cpu", args.seed, 1))
+    reward, advantage = build(REWARDS, cfg.reward), tree_advantage(cfg.advantage)
+    num_steps = cfg.sampler.num_steps
+    default = build(SCHEDULES, cfg.schedule).plan(0, num_steps, make_generator("cpu", args.seed, 1))
     plan = BranchPlan(start=default.start if args.start is None else args.start,
                       depth=default.depth if args.depth is None else args.depth,
                       k=default.k if args.k is None else args.k)
-
-    rollout = sampler.sample(policy, kernel, [args.prompt], plan, make_generator("cpu", args.seed, 2))
-    rewards = check_rewards(reward(rollout.images, rollout.leaf_prompts), len(rollout.leaf_prompts),
-                            cfg.reward["type"])
-    adv = advantage(rollout, rewards)
-    picture = draw_tree(
-        rollout.parent.tolist(), node_previews(policy, kernel, rollout), rollout.leaf_nodes.tolist(),
-        rollout.images, rewards.tolist(), adv.node.tolist(), thumb=args.thumb,
-        title=f"{args.prompt}  |  steps {plan.start}..{plan.stop - 1} of {sampler.num_steps}, "
-              f"k={plan.k}, mean reward {rewards.mean():.3f}",
-    )
+    tree = branched_sample(
+        policy, kernel, reward, cfg.reward["type"], advantage, args.prompt, plan, num_steps,
+        cfg.sampler.get("guidance_scale", 1.0), make_generator("cpu", args.seed, 2), thumb=args.thumb)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out)
-    print(f"wrote {out} ({rollout.num_nodes} nodes, {rollout.leaf_nodes.numel()} leaves)")
+    tree.picture.save(out)
+    print(f"wrote {out} ({tree.rollout.num_nodes} nodes, {tree.rollout.leaf_nodes.numel()} leaves)")
     return out
 
 

@@ -1,13 +1,23 @@
 """Pictures of branched denoising: one tree, its node previews, leaf images, rewards, advantages.
 
-Plain functions returning PIL images, shared by ``tools/visualize_tree.py`` and the ComfyUI pack.
+Plain functions returning PIL images, shared by ``tools/visualize_tree.py`` and the ComfyUI pack;
+:func:`branched_sample` is the whole pipeline both run (sample, score, back up, draw).
 """
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .advantages import Advantages, TreeBackup
+from .registry import ADVANTAGES, build
+from .rewards.base import check_rewards
 from .rollout import Rollout, index_cond
+from .samplers import TreeSampler
+from .schedules import BranchPlan
 
 
 def _to_pil(image: torch.Tensor, size: int) -> Image.Image:
@@ -127,3 +137,70 @@ def node_previews(policy, kernel, rollout: Rollout) -> torch.Tensor:
     x0 = torch.where(done, rollout.latents.float(), x0)
     policy.nfe = nfe_before
     return policy.decode(x0).float()
+
+
+def tree_advantage(advantage_cfg: dict | None) -> TreeBackup:
+    """The config's advantage when it is a tree backup, else a mean ``TreeBackup`` (flat configs
+    and configs without one back up uniformly)."""
+    advantage = build(ADVANTAGES, advantage_cfg) if advantage_cfg is not None else None
+    return advantage if isinstance(advantage, TreeBackup) else TreeBackup(weighting="mean")
+
+
+@contextlib.contextmanager
+def count_forward_rows(policy, on_rows: Callable[[int], None] | None) -> Iterator[None]:
+    """Within the block, call ``on_rows(total rows so far)`` after every ``policy.model_output``."""
+    if on_rows is None:
+        yield
+        return
+    forward, seen = policy.model_output, [0]
+
+    def counted(latents, level, cond):
+        out = forward(latents, level, cond)
+        seen[0] += latents.shape[0]
+        on_rows(seen[0])
+        return out
+
+    policy.model_output = counted  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del policy.model_output
+
+
+@dataclass
+class BranchedSample:
+    """One prompt's sampled tree: ``rollout`` (N nodes, L leaves), ``rewards`` [L],
+    ``advantages`` (``node`` [N], ``leaf`` [L]), ``previews`` [N, 3, H, W] and the drawn ``picture``."""
+
+    rollout: Rollout
+    rewards: torch.Tensor
+    advantages: Advantages
+    previews: torch.Tensor
+    picture: Image.Image
+
+
+@torch.no_grad()
+def branched_sample(policy, kernel, reward: Any, reward_name: str, advantage: TreeBackup, prompt: str,
+                    plan: BranchPlan, num_steps: int, guidance_scale: float, generator: torch.Generator,
+                    chunk_size: int | None = None, thumb: int = 64, eta: float | None = None,
+                    on_rows: Callable[[int], None] | None = None) -> BranchedSample:
+    """Sample one TreeGRPO tree for ``prompt`` under ``plan``, score its leaves with ``reward``
+    (checked as ``reward_name``), back the advantages up with ``advantage`` and draw the tree,
+    titled with the window, k, ``eta`` (when given) and the mean reward.
+
+    ``on_rows(rows so far)`` is called after every model forward of the sampling and the node
+    previews (progress bars; it may raise to cancel)."""
+    sampler = TreeSampler(num_steps=num_steps, guidance_scale=guidance_scale, chunk_size=chunk_size)
+    with count_forward_rows(policy, on_rows):
+        rollout = sampler.sample(policy, kernel, [prompt], plan, generator)
+        previews = node_previews(policy, kernel, rollout)
+    rewards = check_rewards(reward(rollout.images, rollout.leaf_prompts), rollout.leaf_nodes.numel(), reward_name)
+    advantages = advantage(rollout, rewards)
+    eta_text = "" if eta is None else f", eta={eta:g}"
+    picture = draw_tree(
+        rollout.parent.tolist(), previews, rollout.leaf_nodes.tolist(), rollout.images, rewards.tolist(),
+        advantages.node.tolist(), thumb=thumb,
+        title=f"{prompt}  |  steps {plan.start}..{plan.stop - 1} of {num_steps}, k={plan.k}{eta_text}, "
+              f"mean reward {rewards.mean():.3f}",
+    )
+    return BranchedSample(rollout, rewards, advantages, previews, picture)

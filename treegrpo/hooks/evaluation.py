@@ -10,17 +10,34 @@ from ..utils import image_grid, make_generator
 from .base import Hook
 
 
+def per_prompt_noise(latent_shape: tuple[int, ...], seed: int, count: int) -> torch.Tensor:
+    """[count, *latent_shape] CPU noise; row i drawn with ``make_generator('cpu', seed, i)``, so a
+    prompt's noise depends only on (seed, its index), not on the batch or the other prompts."""
+    return torch.stack([torch.randn(latent_shape, generator=make_generator("cpu", seed, i)) for i in range(count)])
+
+
 @torch.no_grad()
 def generate(policy, kernel, prompts: list[str], num_steps: int, guidance_scale: float, seed: int,
-             chunk_size: int = 64) -> torch.Tensor:
-    """Deterministic (ODE) samples, one per prompt, from noise fixed by ``seed``: [P, 3, H, W]."""
+             chunk_size: int = 64, noise: torch.Tensor | None = None,
+             image_device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic (ODE) samples, one per prompt: [P, 3, H, W] in [0, 1].
+
+    Starts from ``noise`` [P, *latent_shape] when given (e.g. :func:`per_prompt_noise`), else
+    from noise drawn at once with ``seed``. Prompts are encoded, sampled and decoded
+    ``chunk_size`` at a time; each chunk's images go to ``image_device`` (default: the policy's)."""
     device = next(policy.denoiser.parameters()).device
-    noise = torch.randn((len(prompts), *policy.latent_shape), generator=make_generator("cpu", seed))
-    cond = policy.encode_prompts(prompts)
+    if noise is None:
+        noise = torch.randn((len(prompts), *policy.latent_shape), generator=make_generator("cpu", seed))
+    elif tuple(noise.shape) != (len(prompts), *policy.latent_shape):
+        raise ValueError(f"noise must have shape {[len(prompts), *policy.latent_shape]}, got {list(noise.shape)}")
     levels = policy.noise_levels(num_steps).to(device)
-    latents = ode_integrate(policy, kernel, noise.to(device), cond, levels, range(num_steps),
-                            guidance_scale, chunk_size)
-    return decode(policy, latents, chunk_size)
+    images = []
+    for start in range(0, len(prompts), chunk_size):
+        rows = slice(start, start + chunk_size)
+        latents = ode_integrate(policy, kernel, noise[rows].to(device), policy.encode_prompts(prompts[rows]),
+                                levels, range(num_steps), guidance_scale)
+        images.append(decode(policy, latents).to(image_device or device))
+    return torch.cat(images)
 
 
 @HOOKS.register_module()

@@ -30,6 +30,33 @@ def check_model_path(model_path: str) -> None:
         )
 
 
+def load_pipeline(pipeline_class, model_path: str, dtype: str, **kwargs):
+    """``pipeline_class.from_pretrained(model_path, torch_dtype=<dtype>, **kwargs)`` after checking
+    ``dtype`` and ``model_path`` (:func:`check_dtype`, :func:`check_model_path`), with its progress
+    bars off (the samplers call the denoiser themselves)."""
+    torch_dtype = check_dtype(dtype)
+    check_model_path(model_path)
+    pipe = pipeline_class.from_pretrained(model_path, torch_dtype=torch_dtype, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def freeze(*modules) -> None:
+    """No gradients and eval mode for every given module (None entries, absent parts, are skipped)."""
+    for module in modules:
+        if module is not None:
+            module.requires_grad_(False).eval()
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Flow-model latents [B, C, h, w] -> images [B, 3, h * vae_scale_factor, ...] in [0, 1]: undo
+    the VAE's scaling and shift factors, decode, map [-1, 1] to [0, 1]."""
+    config = vae.config
+    latents = latents.to(vae.dtype) / config.scaling_factor + config.shift_factor
+    images = vae.decode(latents, return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
 def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_checkpointing: bool,
                    default_rank: int) -> None:
     """Set up ``policy.denoiser`` for training: LoRA adapters through peft with the base frozen

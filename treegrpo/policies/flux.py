@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..registry import POLICIES
-from .diffusers_common import DiffusersPolicy, check_dtype, check_model_path, make_trainable
+from .diffusers_common import DiffusersPolicy, decode_latents, freeze, load_pipeline, make_trainable
 
 # Flow-GRPO's FLUX LoRA targets: attention and MLPs of the double-stream blocks; the q/k/v
 # projections also match inside the single-stream blocks.
@@ -95,21 +95,17 @@ class FluxPolicy(DiffusersPolicy):
         super().__init__()
         from diffusers import FluxPipeline
 
-        torch_dtype = check_dtype(dtype)
-        check_model_path(model_path)
         if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
             raise ValueError(f"max_sequence_length must be an int in [1, 512], got {max_sequence_length!r}")
         if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                      or guidance < 0):
             raise ValueError(f"guidance must be a number >= 0 or None, got guidance={guidance!r}")
-        pipe = FluxPipeline.from_pretrained(model_path, torch_dtype=torch_dtype)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_pipeline(FluxPipeline, model_path, dtype)
         patch = 2 * pipe.vae_scale_factor
         if not isinstance(resolution, int) or resolution < patch or resolution % patch:
             raise ValueError(f"resolution must be a positive multiple of {patch} (2 x the VAE's "
                              f"downscale, for FLUX's 2x2 patches), got resolution={resolution!r}")
-        for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-            part.requires_grad_(False).eval()
+        freeze(pipe.text_encoder, pipe.text_encoder_2, pipe.vae)
         self.pipe = pipe
         # registered as submodules so that policy.to(device) moves the text encoders too
         self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
@@ -175,7 +171,4 @@ class FluxPolicy(DiffusersPolicy):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, 16, h, w] -> images [B, 3, h * vae_scale_factor, ...] in [0, 1]."""
-        config = self.vae.config
-        latents = latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor
-        images = self.vae.decode(latents, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return decode_latents(self.vae, latents)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..registry import POLICIES
-from .diffusers_common import DiffusersPolicy, check_dtype, check_model_path, make_trainable
+from .diffusers_common import DiffusersPolicy, decode_latents, freeze, load_pipeline, make_trainable
 
 @POLICIES.register_module()
 class SD3Policy(DiffusersPolicy):
@@ -42,19 +42,14 @@ class SD3Policy(DiffusersPolicy):
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
 
-        torch_dtype = check_dtype(dtype)
-        check_model_path(model_path)
         no_t5 = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
         local_index = Path(model_path) / "model_index.json"
         if use_t5 and local_index.is_file():
             saved = json.loads(local_index.read_text()).get("text_encoder_3", [None])
             if saved is None or saved[0] is None:  # a checkpoint saved without T5
                 no_t5 = {"text_encoder_3": None, "tokenizer_3": None}
-        pipe = StableDiffusion3Pipeline.from_pretrained(model_path, torch_dtype=torch_dtype, **no_t5)
-        pipe.set_progress_bar_config(disable=True)
-        for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
-            if part is not None:
-                part.requires_grad_(False).eval()
+        pipe = load_pipeline(StableDiffusion3Pipeline, model_path, dtype, **no_t5)
+        freeze(pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae)  # T5 may be None
         self.pipe = pipe
         # registered as submodules so that policy.to(device) moves the text encoders too
         self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
@@ -91,7 +86,5 @@ class SD3Policy(DiffusersPolicy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.vae.config
-        latents = latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor
-        images = self.vae.decode(latents, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        """latents [B, 16, h, w] -> images [B, 3, h * vae_scale_factor, ...] in [0, 1]."""
+        return decode_latents(self.vae, latents)
