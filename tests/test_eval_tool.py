@@ -108,6 +108,18 @@ def test_an_unknown_reward_name_lists_the_choices(prompt_file, tmp_path):
         run(prompt_file, tmp_path / "out", rewards="reward,reward")
 
 
+def test_reward_weights_and_arguments_are_checked_before_sampling(prompt_file, tmp_path, monkeypatch):
+    import treegrpo.hooks.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "ode_integrate", lambda *a, **k: pytest.fail("sampled before failing"))
+    with pytest.raises(ValueError, match=r"reward 'ImageReward'.*checkpoint.*eval_rewards = dict\(ImageReward="):
+        run(prompt_file, tmp_path / "out", rewards="ImageReward")
+    with pytest.raises(FileNotFoundError, match="no_such.pth"):
+        eval_main([CONFIG, "--prompts", str(prompt_file), "--rewards", "aes", "--out", str(tmp_path / "out"),
+                   "--cfg-options", "eval_rewards.aes.type=Aesthetic", "eval_rewards.aes.checkpoint=no_such.pth"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_generate_from_explicit_noise_in_chunks():
     policy, kernel = load_policy(load_config(CONFIG))
     shape = policy.latent_shape

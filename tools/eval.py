@@ -1,9 +1,9 @@
 """Evaluate a policy (base model or checkpoint) on a prompt file with several rewards.
 
     python tools/eval.py configs/treegrpo_toy_shapes.py --checkpoint work_dirs/<cfg>/<stamp> \
-        --prompts data/toy_eval.txt --rewards reward,JPEGCompressibility --out eval_out
-    python tools/eval.py CONFIG --prompts FILE --rewards hps,ImageReward --num-steps 28 \
-        --guidance-scale 4.5 --batch-size 8 --seed 0 --cfg-options policy.device=cuda
+        --prompts data/toy_eval_prompts.txt --rewards reward,JPEGCompressibility --out eval_out
+    python tools/eval.py configs/treegrpo_sd3_hps.py --prompts FILE --rewards hps,image_reward \
+        --num-steps 28 --guidance-scale 4.5 --batch-size 8 --seed 0 --device cuda
 
 One image per prompt, sampled with the ODE from noise seeded per prompt (``seed``, prompt index),
 so an image and its scores do not depend on ``--batch-size`` or on the other prompts of the file.
@@ -89,13 +89,33 @@ def reward_configs(names: list[str], cfg) -> dict[str, dict]:
     return configs
 
 
-def score(reward, name: str, images: torch.Tensor, prompts: list[str], batch_size: int) -> torch.Tensor:
-    """Scores [P] float32 (checked by check_rewards), ``batch_size`` images per reward call."""
+def build_rewards(configs: dict[str, dict]) -> dict:
+    """Build each reward and load its weights now, before any image is generated, so a missing
+    file or argument fails at once."""
+    rewards = {}
+    for name, reward_cfg in configs.items():
+        try:
+            rewards[name] = build(REWARDS, reward_cfg)
+        except TypeError as error:
+            raise ValueError(
+                f"reward {name!r} ({reward_cfg}) cannot be built: {error}. Give its arguments "
+                f"(e.g. checkpoint=...) in the config's eval_rewards: "
+                f"eval_rewards = dict({name}=dict(type='{reward_cfg['type']}', ...))"
+            ) from error
+        if callable(getattr(rewards[name], "load", None)):
+            rewards[name].load()
+    return rewards
+
+
+def score(reward, name: str, images: torch.Tensor, prompts: list[str], batch_size: int,
+          device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scores [P] float32 (checked by check_rewards), ``batch_size`` images per reward call; the
+    images go to ``device`` (the policy's), where rewards without a device of their own run."""
     parts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         with torch.no_grad():
-            out = reward(images[start:start + batch_size], chunk)
+            out = reward(images[start:start + batch_size].to(device), chunk)
         parts.append(check_rewards(out, len(chunk), name))
     return torch.cat(parts)
 
@@ -135,7 +155,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"--rewards must name at least one reward, got {args.rewards!r}")
     configs = reward_configs(names, cfg)
     prompts, _ = read_prompt_file(args.prompts)
-    rewards = {name: build(REWARDS, reward_cfg) for name, reward_cfg in configs.items()}
+    rewards = build_rewards(configs)
     for name, reward in rewards.items():
         if getattr(reward, "normalize", None) == "batch":
             print(f"warning: reward {name!r} normalises over the batch: its scores depend on "
@@ -152,7 +172,9 @@ def main(argv=None) -> dict:
     noise = per_prompt_noise(policy.latent_shape, args.seed, len(prompts))
     images = generate(policy, kernel, prompts, num_steps, guidance, args.seed, chunk_size=args.batch_size,
                       noise=noise, image_device="cpu")
-    scores = {name: score(reward, name, images, prompts, args.batch_size) for name, reward in rewards.items()}
+    device = next(policy.denoiser.parameters()).device
+    scores = {name: score(reward, name, images, prompts, args.batch_size, device)
+              for name, reward in rewards.items()}
 
     rows = summarize(scores)
     info = {
