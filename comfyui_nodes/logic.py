@@ -49,21 +49,6 @@ class TreegrpoPipeline:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-def parse_json_object(text: str | dict | None, what: str) -> dict:
-    """A JSON object given as text (empty: {})."""
-    if isinstance(text, dict):
-        return dict(text)
-    if text is None or not str(text).strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} must be a JSON object such as {{\"quality\": 90}}: {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 def resolve_path_values(values: dict) -> dict:
     """Resolve every string value whose (dotted) key ends in a path name (``checkpoint``,
     ``weights``, ``path``, ``model_path``, ``*_path``) inside the treegrpo model folders."""
@@ -202,6 +187,7 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
     """
     require_treegrpo()
     from treegrpo.inference import load_config, load_policy
+    from treegrpo.utils import parse_json_object
 
     ckpt_path = resolve_path(checkpoint) if checkpoint.strip() else None
     if config.strip():
@@ -245,6 +231,7 @@ def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -
     rewards are kept, so a reward model loads once per session."""
     require_treegrpo()
     from treegrpo.registry import REWARDS, build
+    from treegrpo.utils import parse_json_object
 
     extra = resolve_path_values(parse_json_object(kwargs, "reward_kwargs"))
     if name == "config":

@@ -177,3 +177,19 @@ def test_sd3_ode_path_matches_the_pipelines_own_scheduler(tiny_sd3):
             ours = kernel.ode_step(ours, out, levels, torch.tensor([i]))
             theirs = scheduler.step(stock_out, t, theirs, return_dict=False)[0]
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_denoiser_keeps_names_and_outputs(tiny_sd3):
+    torch.manual_seed(0)
+    plain = SD3Policy(str(tiny_sd3), resolution=32, lora=dict(r=4))
+    torch.manual_seed(0)
+    compiled = SD3Policy(str(tiny_sd3), resolution=32, lora=dict(r=4), compile_denoiser=dict(backend="eager"))
+    assert compiled.denoiser._compiled_call_impl is not None  # nn.Module.compile, in place
+    assert set(compiled.trainable_state_dict()) == set(plain.trainable_state_dict())
+    latents = torch.randn(2, *plain.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond, level = plain.encode_prompts(["a cat", "a dog"]), torch.tensor([0.7, 0.7])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.model_output(latents, level, cond),
+                                   plain.model_output(latents, level, cond))
+    with pytest.raises(ValueError, match="compile_denoiser must be a bool or a dict"):
+        SD3Policy(str(tiny_sd3), resolution=32, compile_denoiser="yes")

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from treegrpo.registry import REWARDS, build  # noqa: E402
 from treegrpo.rewards.base import check_rewards  # noqa: E402
 from treegrpo.rewards.http import decode_png  # noqa: E402
+from treegrpo.utils import parse_json_object  # noqa: E402
 
 MAX_BODY_BYTES = 1 << 30
 
@@ -132,16 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_reward(name: str, cfg_json: str, custom_imports: list[str]):
-    """Import ``custom_imports``, then build ``dict(type=name, **json.loads(cfg_json))``."""
+    """Import ``custom_imports``, then build ``dict(type=name, **<cfg_json as a dict>)``."""
     for module in custom_imports:
         importlib.import_module(module)
-    try:
-        kwargs = json.loads(cfg_json)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--cfg must be a JSON object, e.g. '{{\"quality\": 95}}' ({err})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--cfg must be a JSON object, got {cfg_json!r}")
-    return build(REWARDS, dict(type=name, **kwargs))
+    return build(REWARDS, dict(type=name, **parse_json_object(cfg_json, "--cfg")))
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,7 @@
 """Small helpers with no better home: derived seeds, timers, image grids."""
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -20,6 +21,21 @@ def derive_seed(*keys: int) -> int:
 def make_generator(device: torch.device | str, *keys: int) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``derive_seed(*keys)``."""
     return torch.Generator(device=device).manual_seed(derive_seed(*keys))
+
+
+def parse_json_object(text: str | dict | None, what: str) -> dict:
+    """A JSON object given as text (None or blank: {}); ``what`` names the input in errors."""
+    if isinstance(text, dict):
+        return dict(text)
+    if text is None or not str(text).strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} must be a JSON object such as {{\"quality\": 90}}: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 @contextmanager

@@ -58,10 +58,12 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_checkpointing: bool,
-                   default_rank: int) -> None:
+                   default_rank: int, compile_denoiser: bool | dict = False) -> None:
     """Set up ``policy.denoiser`` for training: LoRA adapters through peft with the base frozen
     (``lora = dict(r, alpha, target_modules)``; the reference policy is the adapters switched off),
-    or all weights, with a frozen copy in ``policy.reference_denoiser`` when ``keep_reference``."""
+    or all weights, with a frozen copy in ``policy.reference_denoiser`` when ``keep_reference``.
+    ``compile_denoiser`` (True or ``torch.compile`` options such as ``dict(mode='max-autotune')``)
+    compiles the denoiser's forward in place: parameter names and checkpoints do not change."""
     denoiser = policy.denoiser
     if lora is not None:
         from peft import LoraConfig
@@ -76,6 +78,11 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
         policy.reference_denoiser = copy.deepcopy(denoiser).requires_grad_(False).eval()
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
+    if compile_denoiser:
+        if not isinstance(compile_denoiser, (bool, dict)):
+            raise ValueError(f"compile_denoiser must be a bool or a dict of torch.compile options, "
+                             f"got {compile_denoiser!r}")
+        denoiser.compile(**({} if compile_denoiser is True else dict(compile_denoiser)))
 
 
 class DiffusersPolicy(Policy):

@@ -79,6 +79,7 @@ class FluxPolicy(DiffusersPolicy):
         guidance: the distilled guidance value fed to FLUX.1-dev's guidance embedding.
         negative_prompt: the unconditional prompt of true CFG (sampler guidance_scale > 1).
         keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
+        compile_denoiser: torch.compile the denoiser (True, or a dict of compile options).
         gradient_checkpointing: trade compute for memory in the transformer.
         max_sequence_length: T5 tokens (at most 512; FLUX.1-schnell was trained with 256).
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
@@ -91,7 +92,7 @@ class FluxPolicy(DiffusersPolicy):
                  lora: dict | None = None, guidance: float | None = 3.5, negative_prompt: str = "",
                  keep_reference: bool = False, gradient_checkpointing: bool = False,
                  max_sequence_length: int = 512, cache_prompt_embeds: bool = True,
-                 device: str = "cpu") -> None:
+                 compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
         from diffusers import FluxPipeline
 
@@ -120,7 +121,8 @@ class FluxPolicy(DiffusersPolicy):
             self.guidance = None  # FLUX.1-schnell: no guidance embedding, the value is ignored
         if lora is not None:
             lora = {"target_modules": FLUX_LORA_TARGETS, **lora}
-        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32)
+        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32,
+                       compile_denoiser=compile_denoiser)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels // 4, side, side)
         self.image_seq_len = (side // 2) ** 2

@@ -27,6 +27,7 @@ class SD3Policy(DiffusersPolicy):
         use_t5: load the T5 text encoder when the checkpoint has one (False: CLIP encoders only).
         negative_prompt: the unconditional prompt of classifier-free guidance.
         keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
+        compile_denoiser: torch.compile the denoiser (True, or a dict of compile options).
         gradient_checkpointing: trade compute for memory in the transformer.
         max_sequence_length: T5 tokens.
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
@@ -38,7 +39,7 @@ class SD3Policy(DiffusersPolicy):
                  lora: dict | None = None, use_t5: bool = True, negative_prompt: str = "",
                  keep_reference: bool = False, gradient_checkpointing: bool = False,
                  max_sequence_length: int = 256, cache_prompt_embeds: bool = True,
-                 device: str = "cpu") -> None:
+                 compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
 
@@ -56,7 +57,8 @@ class SD3Policy(DiffusersPolicy):
         self.text_encoder_3 = pipe.text_encoder_3
         self.vae = pipe.vae
         self.denoiser = pipe.transformer
-        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32)
+        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=32,
+                       compile_denoiser=compile_denoiser)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt

@@ -12,7 +12,7 @@ import copy
 import torch
 
 from ..registry import POLICIES
-from .diffusers_common import DiffusersPolicy, check_dtype, check_model_path, make_trainable
+from .diffusers_common import DiffusersPolicy, freeze, load_pipeline, make_trainable
 
 
 @POLICIES.register_module()
@@ -26,6 +26,7 @@ class StableDiffusionPolicy(DiffusersPolicy):
         lora: dict(r, alpha, target_modules) for LoRA; None trains all UNet weights.
         negative_prompt: unconditional prompt of classifier-free guidance.
         keep_reference: with full fine-tuning, keep a frozen copy for the KL term.
+        compile_denoiser: torch.compile the denoiser (True, or a dict of compile options).
         gradient_checkpointing: trade compute for memory in the UNet.
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
     """
@@ -36,21 +37,18 @@ class StableDiffusionPolicy(DiffusersPolicy):
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, negative_prompt: str = "", keep_reference: bool = False,
                  gradient_checkpointing: bool = False, cache_prompt_embeds: bool = True,
-                 device: str = "cpu") -> None:
+                 compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        torch_dtype = check_dtype(dtype)
-        check_model_path(model_path)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
+        pipe = load_pipeline(StableDiffusionPipeline, model_path, dtype, safety_checker=None,
+                             requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.text_encoder.requires_grad_(False).eval()
-        pipe.vae.requires_grad_(False).eval()
+        freeze(pipe.text_encoder, pipe.vae)
         self.pipe, self.vae, self.text_encoder, self.denoiser = pipe, pipe.vae, pipe.text_encoder, pipe.unet
         self.prediction_type = pipe.scheduler.config.prediction_type
-        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=8)
+        make_trainable(self, lora, keep_reference, gradient_checkpointing, default_rank=8,
+                       compile_denoiser=compile_denoiser)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt
