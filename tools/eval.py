@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Score a policy on a prompt file with several rewards")
     parser.add_argument("config", help="config file path")
     parser.add_argument("--checkpoint", help="a run folder or checkpoints/iter_<n> (default: base model)")
+    parser.add_argument("--ema", action="store_true", help="load the checkpoint's EMA weights (EMAHook runs)")
     parser.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .jsonl file")
     parser.add_argument("--rewards", required=True,
                         help="comma-separated names: eval_rewards entries, 'reward' or REWARDS types")
@@ -161,7 +162,7 @@ def main(argv=None) -> dict:
             print(f"warning: reward {name!r} normalises over the batch: its scores depend on "
                   f"--batch-size and on the other prompts", file=sys.stderr)
 
-    policy, kernel = load_policy(cfg, args.checkpoint, args.device)
+    policy, kernel = load_policy(cfg, args.checkpoint, args.device, ema=args.ema)
     sampler = cfg.get("sampler") or {}
     num_steps = args.num_steps or sampler.get("num_steps")
     if num_steps is None:
@@ -181,6 +182,7 @@ def main(argv=None) -> dict:
         "config": str(args.config),
         "cfg_options": dict(args.cfg_options),
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "ema": args.ema,
         "prompts_file": str(args.prompts),
         "seed": args.seed,
         "num_steps": num_steps,

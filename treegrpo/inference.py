@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmengine.config import Config
+from safetensors.torch import load_file
 
 from .checkpoint import load_checkpoint, resolve_checkpoint
+from .hooks.ema import EMA_FILE
 from .registry import KERNELS, POLICIES, build
 
 
@@ -22,9 +24,11 @@ def load_config(path: str | Path, options: dict | None = None, seed: int | None 
     return cfg
 
 
-def load_policy(cfg: Config, checkpoint: str | Path | None = None, device: str | None = None):
+def load_policy(cfg: Config, checkpoint: str | Path | None = None, device: str | None = None,
+                ema: bool = False):
     """Build ``cfg.policy`` (and ``cfg.kernel``) and load the trained tensors of ``checkpoint``
-    (a run folder or one of its ``checkpoints/iter_<n>``; None: the base model).
+    (a run folder or one of its ``checkpoints/iter_<n>``; None: the base model); with ``ema``, the
+    EMA weights of the checkpoint (``ema.safetensors``, written when the run had an EMAHook).
 
     Returns ``(policy, kernel)`` with the denoiser in eval mode.
     """
@@ -33,7 +37,16 @@ def load_policy(cfg: Config, checkpoint: str | Path | None = None, device: str |
         policy_cfg["device"] = device
     policy = build(POLICIES, policy_cfg)
     if checkpoint is not None:
-        policy.load_trainable_state_dict(load_checkpoint(resolve_checkpoint(checkpoint))[0])
+        folder = resolve_checkpoint(checkpoint)
+        if ema:
+            if not (folder / EMA_FILE).is_file():
+                raise FileNotFoundError(f"{folder} has no {EMA_FILE}: the run had no EMAHook "
+                                        "(add dict(type='EMAHook') to hooks), or load without ema")
+            policy.load_trainable_state_dict(load_file(str(folder / EMA_FILE)))
+        else:
+            policy.load_trainable_state_dict(load_checkpoint(folder)[0])
+    elif ema:
+        raise ValueError("ema=True needs a checkpoint")
     policy.denoiser.eval()
     kernel = build(KERNELS, cfg.kernel)
     policy.check_kernel(kernel)

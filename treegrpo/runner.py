@@ -109,6 +109,7 @@ class Runner:
         self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
         self.last_checkpoint_iter = -1
         self.writer: MetricWriter | None = None
+        self.ema = None  # an EMAHook sets itself here (EvalHook then evaluates the EMA weights)
         if resume_from is not None:
             self.resume(resume_from)
 
@@ -312,10 +313,15 @@ class Runner:
                     "config": self.cfg.filename,
                     "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
             save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta,
-                            write_extra=self.policy.save_export)
+                            write_extra=self._write_checkpoint_extras)
         self.last_checkpoint_iter = self.iteration
         self.accelerator.wait_for_everyone()
         return path
+
+    def _write_checkpoint_extras(self, folder: Path) -> None:
+        """The policy's own export format plus the hooks' files (e.g. the EMA weights)."""
+        self.policy.save_export(folder)
+        self.call_hooks("save_to_checkpoint", folder)
 
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
@@ -333,6 +339,7 @@ class Runner:
             )
         self.iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
+        self.call_hooks("load_from_checkpoint", Path(path))
         self.last_checkpoint_iter = self.iteration
 
 

@@ -1,5 +1,7 @@
-"""Runner callbacks. A hook overrides any of the three methods; lower priority runs first."""
+"""Runner callbacks. A hook overrides any of these methods; lower priority runs first."""
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class Hook:
@@ -13,3 +15,9 @@ class Hook:
 
     def after_run(self, runner) -> None:
         """Called once after the last iteration."""
+
+    def save_to_checkpoint(self, runner, folder: Path) -> None:
+        """Add files to a checkpoint folder before it is renamed into place (main process)."""
+
+    def load_from_checkpoint(self, runner, folder: Path) -> None:
+        """Restore this hook's state from a checkpoint folder when a run resumes."""

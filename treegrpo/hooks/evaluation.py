@@ -1,6 +1,8 @@
 """Evaluation on a fixed prompt set with fixed seeds: reward means and a sample grid PNG."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..registry import DATASETS, HOOKS, REWARDS, build
@@ -86,14 +88,17 @@ class EvalHook(Hook):
         policy = runner.policy
         policy.denoiser.eval()
         nfe_before = policy.nfe
-        images = generate(
-            policy, runner.kernel, self.prompts,
-            self.num_steps or sampler.num_steps,
-            self.guidance_scale if self.guidance_scale is not None else sampler.guidance_scale,
-            self.seed,
-        )
+        ema = getattr(runner, "ema", None)
+        use_ema = ema is not None and ema.eval_with_ema
+        with ema.applied(runner) if use_ema else contextlib.nullcontext():
+            images = generate(
+                policy, runner.kernel, self.prompts,
+                self.num_steps or sampler.num_steps,
+                self.guidance_scale if self.guidance_scale is not None else sampler.guidance_scale,
+                self.seed,
+            )
         policy.nfe = nfe_before  # evaluation forwards are not training cost
-        results = {}
+        results = {"eval/ema": float(use_ema)}
         for name, reward in self.rewards.items():
             scores = check_rewards(reward(images, self.prompts), len(self.prompts), name)
             results[f"eval/{name}_mean"] = scores.mean().item()

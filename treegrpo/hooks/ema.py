@@ -1,0 +1,98 @@
+"""Exponential moving average of the trainable weights, for evaluation and export."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..registry import HOOKS
+from .base import Hook
+
+EMA_FILE = "ema.safetensors"
+
+
+@torch.no_grad()
+def ema_update_(shadow: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
+    """In place: ``shadow[n] = decay * shadow[n] + (1 - decay) * params[n]`` for every name."""
+    for name, value in params.items():
+        shadow[name].mul_(decay).add_(value.detach().to(shadow[name].dtype), alpha=1.0 - decay)
+
+
+def warmup_decay(decay: float, updates: int) -> float:
+    """``min(decay, (1 + u) / (10 + u))`` after ``u`` updates: early averages forget the
+    untrained start quickly, later ones converge to ``decay``."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+@HOOKS.register_module()
+class EMAHook(Hook):
+    """Keep a float32 EMA of the trainable tensors (LoRA or full), updated after every iteration.
+
+    Args:
+        decay: EMA decay per iteration (0.99 ~ a 100-iteration horizon).
+        warmup: use :func:`warmup_decay` for the first updates.
+        eval_with_ema: EvalHook evaluates with the EMA weights swapped in.
+
+    Checkpoints get ``ema.safetensors`` (same tensor names as ``model.safetensors``), which resume
+    restores and ``load_policy(..., ema=True)`` / ``tools/eval.py --ema`` load.
+    """
+
+    priority = 30  # after the update, before EvalHook (40) and CheckpointHook (90)
+
+    def __init__(self, decay: float = 0.99, warmup: bool = True, eval_with_ema: bool = True) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMAHook decay must be in (0, 1), got {decay}")
+        self.decay, self.warmup, self.eval_with_ema = decay, warmup, eval_with_ema
+        self.shadow: dict[str, torch.Tensor] | None = None
+        self.updates = 0
+
+    @staticmethod
+    def _params(runner) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in runner.policy.unwrapped_denoiser().named_parameters() if p.requires_grad}
+
+    def before_run(self, runner) -> None:
+        if self.shadow is None:
+            self.shadow = {n: p.detach().float().clone() for n, p in self._params(runner).items()}
+        runner.ema = self
+
+    def after_iter(self, runner, metrics: dict) -> None:
+        decay = warmup_decay(self.decay, self.updates) if self.warmup else self.decay
+        ema_update_(self.shadow, self._params(runner), decay)
+        self.updates += 1
+        metrics["ema/decay"] = decay
+
+    def save_to_checkpoint(self, runner, folder: Path) -> None:
+        tensors = {n: t.detach().cpu().contiguous() for n, t in self.shadow.items()}
+        save_file(tensors, str(Path(folder) / EMA_FILE), metadata={"updates": str(self.updates)})
+
+    def load_from_checkpoint(self, runner, folder: Path) -> None:
+        path = Path(folder) / EMA_FILE
+        if not path.is_file():
+            warnings.warn(f"{folder} has no {EMA_FILE}: the EMA restarts from the resumed weights",
+                          stacklevel=2)
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as file:
+            self.updates = int((file.metadata() or {}).get("updates", 0))
+        device = next(iter(self._params(runner).values())).device
+        self.shadow = {n: t.float().to(device) for n, t in load_file(str(path)).items()}
+
+    @contextlib.contextmanager
+    def applied(self, runner) -> Iterator[None]:
+        """Within this context the trainable tensors hold the EMA values (restored after)."""
+        params = self._params(runner)
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(saved[name])
