@@ -1,5 +1,6 @@
 """Shared test fixtures: a tiny random-weight flow policy and a simple reward, registered so that
-configs in tests can name them (``TinyTestPolicy``, ``MeanBrightnessReward``)."""
+configs in tests can name them (``TinyTestPolicy``, ``MeanBrightnessReward``), and
+:func:`write_run_config` for the tiny training runs of the policy and export tests."""
 from __future__ import annotations
 
 import sys
@@ -79,3 +80,31 @@ class MeanBrightnessReward:
 @pytest.fixture
 def tiny_policy():
     return TinyTestPolicy(seed=0)
+
+
+RUN_CONFIG_DEFAULTS = {  # one short tree run: a depth-1 binary tree over 2 steps, one checkpointed iteration
+    "schedule": dict(type="FixedWindow", start=0, depth=1, k=2),
+    "sampler": dict(type="TreeSampler", num_steps=2),
+    "advantage": dict(type="TreeBackup"),
+    "reward": dict(type="Colorfulness"),
+    "loss": dict(type="GRPOClipLoss", clip_range=0.2),
+    "train_dataset": dict(type="PromptList", prompts=["a red circle", "a blue square"]),
+    "optimizer": dict(type="AdamW", lr=5e-2),
+    "max_iters": 1,
+    "prompts_per_iter": 2,
+    "hooks": [dict(type="CheckpointHook", interval=1)],
+}
+
+
+def write_run_config(path, policy, kernel, **overrides) -> Path:
+    """Write a training config for tools/train.py: ``policy`` and ``kernel`` plus the pieces of
+    ``RUN_CONFIG_DEFAULTS``, each replaceable by keyword (``sampler=dict(...)``, ``max_iters=2``).
+    A value is a Python object (written with repr) or a str of config source written as is."""
+    unknown = sorted(set(overrides) - set(RUN_CONFIG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(RUN_CONFIG_DEFAULTS)}")
+    pieces = {"policy": policy, "kernel": kernel, **RUN_CONFIG_DEFAULTS, **overrides}
+    path = Path(path)
+    path.write_text("".join(f"{key} = {value if isinstance(value, str) else repr(value)}\n"
+                            for key, value in pieces.items()))
+    return path

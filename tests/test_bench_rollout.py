@@ -1,4 +1,4 @@
-"""tools/bench_rollout.py on CPU: tiny SD3 (random weights) and the toy policy, one iteration each."""
+"""tools/bench_rollout.py on CPU: tiny SD3 / FLUX (random weights) and the toy policy, one iteration each."""
 import json
 
 import pytest
@@ -50,6 +50,30 @@ def test_sd3_tiny_random_weights(tmp_path):
     assert results["modes"]["tree"]["trainable_parameters"] < results["modes"]["tree"]["denoiser_parameters"]
 
 
+def test_flux_tiny_random_weights_samples_without_cfg(tmp_path):
+    results = main(["--policy", "flux", "--random-weights", "--shapes", "tiny", "--device", "cpu",
+                    "--out", str(tmp_path / "flux.json"), *SMALL])
+    # FLUX.1-dev: guidance_scale 1, one forward per step (same counts as SD3 without CFG)
+    nfe = {"tree": (16, 6), "flat": (32, 16)}
+    assert nfe == {"tree": tree_nfe(2, 2, 2, 1, 4), "flat": flat_nfe(2, 4, 2, 4)}
+    _check(results, nfe, {"tree": 12, "flat": 16}, "flux")
+    assert results["config"]["guidance_scale"] == 1.0 and results["model"]["lora"]["r"] == 64  # flux_dev.py
+    assert results["model"]["builder"] == "tools/make_tiny_models.py tiny_flux_pipeline"
+    for r in results["modes"].values():
+        assert r["embedded_guidance"] == 3.5 and r["latent_shape"] == [16, 16, 16]  # 32px, VAE scale 2
+
+
+def test_random_model_is_built_in_the_requested_dtype(tmp_path):
+    from safetensors import safe_open
+
+    bench_rollout.write_random_model("flux", "tiny", "bfloat16", "cpu", tmp_path / "flux")
+    assert torch.get_default_dtype() == torch.float32  # restored
+    for part in ("transformer", "text_encoder_2", "vae"):
+        (weights,) = (tmp_path / "flux" / part).glob("*.safetensors")
+        with safe_open(str(weights), framework="pt") as handle:
+            assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}, part
+
+
 def test_toy_with_cfg_and_kl_counts_every_forward(tmp_path):
     results = main(["--policy", "toy", "--device", "cpu", "--guidance-scale", "2.0", "--kl-beta", "0.1",
                     "--out", str(tmp_path / "toy.json"), *SMALL])
@@ -67,6 +91,21 @@ def test_real_shapes_builders_match_the_published_sizes():
     assert count(transformer) + transformer.pos_embed.pos_embed.numel() == 2_469_663_936
     assert sd3.vae.config.latent_channels == 16 and sd3.text_encoder_3 is None
     assert len([b for b in transformer.transformer_blocks if b.attn2 is not None]) == 13
+
+
+def test_real_flux_builder_matches_flux1_dev():
+    with torch.device("meta"):
+        flux = bench_rollout.real_flux_pipeline()
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    transformer = flux.transformer
+    assert count(transformer) == 11_901_408_320 and count(flux.text_encoder_2) == 4_762_310_656  # FLUX.1-dev, T5-XXL
+    assert count(flux.text_encoder) == 123_060_480 and not hasattr(flux.text_encoder, "text_projection")  # CLIP-L
+    assert len(transformer.transformer_blocks) == 19 and len(transformer.single_transformer_blocks) == 38
+    assert transformer.inner_dim == 24 * 128 and transformer.config.guidance_embeds
+    assert tuple(transformer.config.axes_dims_rope) == (16, 56, 56) and transformer.config.in_channels == 64
+    assert flux.vae.config.latent_channels == 16 and flux.vae_scale_factor == 8
+    assert (flux.vae.config.scaling_factor, flux.vae.config.shift_factor) == (0.3611, 0.1159)
+    assert flux.scheduler.config.use_dynamic_shifting and flux.scheduler.config.max_shift == 1.15
 
 
 def test_argument_errors():

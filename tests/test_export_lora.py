@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+from conftest import write_run_config
 
 from tools.export_lora import main as export_main
 from tools.make_tiny_models import main as make_tiny
@@ -12,22 +13,8 @@ from treegrpo.lora_export import (LoraModule, detect_family, diffusers_state, fr
                                   known_module_names, load_checkpoint_lora, read_safetensors, to_comfyui,
                                   to_diffusers, unsupported_modules, write_safetensors)
 
-RUN_CONFIG = """
-policy = dict(type='{policy}', model_path='{model}', resolution=32, lora=dict(r=4, alpha=8))
-kernel = dict(type='{kernel}', eta={eta})
-schedule = dict(type='FixedWindow', start=0, depth=1, k=2)
-sampler = dict(type='TreeSampler', num_steps=2)
-advantage = dict(type='TreeBackup')
-reward = dict(type='Colorfulness')
-loss = dict(type='GRPOClipLoss', clip_range=0.2)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
-optimizer = dict(type='AdamW', lr=5e-2)
-max_iters = 1
-prompts_per_iter = 2
-hooks = [dict(type='CheckpointHook', interval=1)]
-"""
-SD3 = dict(policy="SD3Policy", kernel="FlowMatchingKernel", eta=0.7)
-SD15 = dict(policy="StableDiffusionPolicy", kernel="DDIMKernel", eta=1.0)
+SD3 = dict(policy="SD3Policy", kernel=dict(type="FlowMatchingKernel", eta=0.7))
+SD15 = dict(policy="StableDiffusionPolicy", kernel=dict(type="DDIMKernel", eta=1.0))
 PARTS = r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
 
 
@@ -38,8 +25,8 @@ def tiny(tmp_path_factory):
 
 def _train(tmp_path_factory, tiny, name, spec):
     root = tmp_path_factory.mktemp(name)
-    config = root / f"{name}.py"
-    config.write_text(RUN_CONFIG.format(model=tiny[name], **spec))
+    policy = dict(type=spec["policy"], model_path=str(tiny[name]), resolution=32, lora=dict(r=4, alpha=8))
+    config = write_run_config(root / f"{name}.py", policy, spec["kernel"])  # one iteration, checkpointed
     runner = train_main([str(config), "--work-dir", str(root / "run")])
     return runner, root / "run"
 
@@ -183,7 +170,57 @@ def test_hand_computed_delta_and_flux_round_trip_with_mixed_ranks():
     assert {m.alpha for m in from_comfyui(no_alpha, "flux", names).values()} == {4.0, 2.0}
     assert detect_family(["down_blocks.0.attentions.0.proj_in"]) == "sd15"
     assert detect_family(["transformer_blocks.0.attn.to_q"]) == "sd3"
-    assert unsupported_modules("sd3", ["transformer_blocks.0.attn2.to_q", "pos_embed.proj"]) == ["pos_embed.proj"]
+
+
+def test_comfyui_coverage_follows_its_key_maps():
+    """unsupported_modules reports exactly what ComfyUI's unet_to_diffusers / mmdit_to_diffusers /
+    flux_to_diffusers (comfy/utils.py) leave out: every weight of the real SD1.5, SD3.5-medium and
+    FLUX.1-dev denoisers is covered; made-up names and another family's names are not."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+    from tools.bench_rollout import FLUX_DEV_TRANSFORMER, SD15_UNET, SD35_MEDIUM_TRANSFORMER
+
+    with torch.device("meta"):  # module names only
+        models = {"sd15": UNet2DConditionModel(**SD15_UNET), "sd3": SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER),
+                  "flux": FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)}
+    for family, model in models.items():
+        weights = {k[:-len(".weight")] for k in model.state_dict() if k.endswith(".weight")}  # norms included
+        assert set(known_module_names(model)) <= weights and unsupported_modules(family, weights) == [], family
+    covered = {  # the ones the first version of the patterns missed
+        "sd15": ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2",
+                 "down_blocks.0.downsamplers.0.conv", "up_blocks.2.upsamplers.0.conv", "conv_norm_out",
+                 "add_embedding.linear_1", "mid_block.attentions.0.transformer_blocks.0.norm2"],
+        "sd3": ["pos_embed.proj", "context_embedder", "time_text_embed.timestep_embedder.linear_1",
+                "time_text_embed.text_embedder.linear_2", "proj_out", "norm_out.linear",
+                "transformer_blocks.3.attn.norm_added_k", "transformer_blocks.12.attn2.norm_q"],
+        "flux": ["x_embedder", "context_embedder", "time_text_embed.guidance_embedder.linear_2", "proj_out",
+                 "norm_out.linear", "transformer_blocks.0.ff.linear_in", "single_transformer_blocks.37.attn.norm_k",
+                 "controlnet_x_embedder"],
+    }
+    made_up = ["transformer_blocks.0.attn.to_gate", "made_up.linear", "conv_in.extra", "xconv_in"]
+    for family, names in covered.items():
+        assert unsupported_modules(family, names + made_up) == sorted(made_up), family
+    # names of one family that the others' maps do not hold
+    assert unsupported_modules("flux", ["pos_embed.proj", "transformer_blocks.0.attn2.to_q"]) == [
+        "pos_embed.proj", "transformer_blocks.0.attn2.to_q"]
+    assert unsupported_modules("sd3", ["x_embedder", "single_transformer_blocks.0.proj_mlp",
+                                       "transformer_blocks.0.attn2.add_q_proj", "transformer_blocks.0.attn2.to_q"]) == [
+        "single_transformer_blocks.0.proj_mlp", "transformer_blocks.0.attn2.add_q_proj", "x_embedder"]
+    assert unsupported_modules("sd15", ["transformer_blocks.0.attn.to_q", "mid_block.resnets.0.conv1"]) == [
+        "transformer_blocks.0.attn.to_q"]
+
+
+def test_write_run_config_helper(tmp_path):
+    from mmengine.config import Config
+
+    path = write_run_config(tmp_path / "run.py", "dict(type='SD3Policy', lora=None)", dict(type="DDIMKernel", eta=1.0),
+                            max_iters=3, hooks=[])
+    cfg = Config.fromfile(str(path))
+    assert cfg.policy == dict(type="SD3Policy", lora=None) and cfg.kernel == dict(type="DDIMKernel", eta=1.0)
+    assert cfg.max_iters == 3 and cfg.hooks == [] and cfg.sampler == dict(type="TreeSampler", num_steps=2)
+    assert path.read_text().splitlines()[0] == "policy = dict(type='SD3Policy', lora=None)"  # str: as written
+    with pytest.raises(ValueError, match=r"unknown config keys \['sampeler'\]; allowed: \['advantage'"):
+        write_run_config(tmp_path / "bad.py", "dict()", "dict()", sampeler=dict(type="TreeSampler"))
 
 
 def test_errors_name_the_problem(tmp_path):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_run_config
 
 from tools.make_tiny_models import main as make_tiny
 from tools.train import main as train_main
@@ -10,6 +11,9 @@ from treegrpo.kernels import DDIMKernel, FlowMatchingKernel
 from treegrpo.policies import StableDiffusionPolicy
 from treegrpo.samplers import TreeSampler
 from treegrpo.schedules import BranchPlan
+
+
+KERNEL = dict(type="DDIMKernel", eta=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +44,13 @@ def test_sd15_tree_nfe_and_lora_training(tiny_sd15, tmp_path):
         policy, DDIMKernel(eta=1.0), ["a cat"], BranchPlan(1, 2, 2), torch.Generator().manual_seed(0))
     assert rollout.nfe == 2 * (1 + (1 + 2) + 4 * 1)
     assert rollout.images.shape == (4, 3, 32, 32) and torch.isfinite(rollout.images).all()
-    config = tmp_path / "sd15_tiny.py"
-    config.write_text(f"""
-policy = dict(type='StableDiffusionPolicy', model_path='{tiny_sd15}', resolution=32, lora=dict(r=4))
-kernel = dict(type='DDIMKernel', eta=1.0)
-schedule = dict(type='RandomWindow', depth=2, k=2)
-sampler = dict(type='TreeSampler', num_steps=4, guidance_scale=2.0)
-advantage = dict(type='TreeBackup')
-reward = dict(type='JPEGCompressibility')
-loss = dict(type='GRPOClipLoss', clip_range=0.2, beta=0.05)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
-optimizer = dict(type='AdamW', lr=1e-2)
-max_iters = 2
-prompts_per_iter = 2
-hooks = [dict(type='LoggerHook')]
-""")
+    config = write_run_config(
+        tmp_path / "sd15_tiny.py", dict(type="StableDiffusionPolicy", model_path=str(tiny_sd15), resolution=32,
+                                        lora=dict(r=4)), KERNEL,
+        schedule=dict(type="RandomWindow", depth=2, k=2),
+        sampler=dict(type="TreeSampler", num_steps=4, guidance_scale=2.0), reward=dict(type="JPEGCompressibility"),
+        loss=dict(type="GRPOClipLoss", clip_range=0.2, beta=0.05), optimizer=dict(type="AdamW", lr=1e-2),
+        max_iters=2, hooks=[dict(type="LoggerHook")])
     runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["losses/loss"])) for r in records)
@@ -66,23 +62,12 @@ hooks = [dict(type='LoggerHook')]
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
 
 
-def _train_tiny_sd15(tiny_sd15, tmp_path, lora: str, name: str):
-    config = tmp_path / f"{name}.py"
-    config.write_text(f"""
-policy = dict(type='StableDiffusionPolicy', model_path='{tiny_sd15}', resolution=32, lora={lora},
-              keep_reference=True)
-kernel = dict(type='DDIMKernel', eta=1.0)
-schedule = dict(type='FixedWindow', start=1, depth=1, k=2)
-sampler = dict(type='TreeSampler', num_steps=3)
-advantage = dict(type='TreeBackup')
-reward = dict(type='Colorfulness')
-loss = dict(type='GRPOClipLoss', clip_range=0.2)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
-optimizer = dict(type='AdamW', lr=5e-2)
-max_iters = 1
-prompts_per_iter = 2
-hooks = [dict(type='CheckpointHook', interval=1)]
-""")
+def _train_tiny_sd15(tiny_sd15, tmp_path, lora: dict | None, name: str):
+    policy = dict(type="StableDiffusionPolicy", model_path=str(tiny_sd15), resolution=32, lora=lora,
+                  keep_reference=True)
+    config = write_run_config(tmp_path / f"{name}.py", policy, KERNEL,  # 1 iteration, checkpointed
+                              schedule=dict(type="FixedWindow", start=1, depth=1, k=2),
+                              sampler=dict(type="TreeSampler", num_steps=3))
     runner = train_main([str(config), "--work-dir", str(tmp_path / name)])
     return runner, tmp_path / name / "checkpoints" / "iter_1"
 
@@ -96,7 +81,7 @@ def _unet_args(policy):
 def test_sd15_lora_checkpoint_loads_into_a_stock_pipeline(tiny_sd15, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, "dict(r=4, alpha=8)", "lora")
+    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, dict(r=4, alpha=8), "lora")
     assert (ckpt / "lora" / "pytorch_lora_weights.safetensors").is_file()
     stock = StableDiffusionPipeline.from_pretrained(tiny_sd15, safety_checker=None, requires_safety_checker=False)
     args, kwargs = _unet_args(runner.policy)
@@ -112,7 +97,7 @@ def test_sd15_lora_checkpoint_loads_into_a_stock_pipeline(tiny_sd15, tmp_path):
 def test_sd15_full_fine_tune_exports_a_diffusers_unet(tiny_sd15, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, "None", "full")
+    runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, None, "full")
     assert not (ckpt / "lora").exists() and (ckpt / "unet" / "config.json").is_file()
     exported = UNet2DConditionModel.from_pretrained(ckpt / "unet")
     base = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")

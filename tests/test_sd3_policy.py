@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_run_config
 
 from tools.make_tiny_models import main as make_tiny
 from tools.train import main as train_main
@@ -12,9 +13,16 @@ from treegrpo.samplers import TreeSampler
 from treegrpo.schedules import BranchPlan
 
 
+KERNEL = dict(type="FlowMatchingKernel", eta=0.7)
+
+
 @pytest.fixture(scope="module")
 def tiny_sd3(tmp_path_factory):
     return make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3"])["sd3"]
+
+
+def _policy(tiny_sd3, alpha: int) -> dict:
+    return dict(type="SD3Policy", model_path=str(tiny_sd3), resolution=32, lora=dict(r=4, alpha=alpha))
 
 
 def test_sd3_policy_interface_and_cfg_nfe(tiny_sd3):
@@ -38,21 +46,13 @@ def test_sd3_policy_interface_and_cfg_nfe(tiny_sd3):
 
 
 def test_sd3_lora_training_changes_only_lora(tiny_sd3, tmp_path):
-    config = tmp_path / "sd3_tiny.py"
-    config.write_text(f"""
-policy = dict(type='SD3Policy', model_path='{tiny_sd3}', resolution=32, lora=dict(r=4, alpha=4))
-kernel = dict(type='FlowMatchingKernel', eta=0.7)
-schedule = dict(type='FixedWindow', start=0, depth=2, k=2)
-sampler = dict(type='TreeSampler', num_steps=3, guidance_scale=1.0)
-advantage = dict(type='TreeBackup', weighting='prob')
-reward = dict(type='JPEGCompressibility')
-loss = dict(type='GRPOClipLoss', clip_range=0.2, beta=0.1)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
-optimizer = dict(type='AdamW', lr=1e-2)
-max_iters = 2
-prompts_per_iter = 2
-hooks = [dict(type='LoggerHook'), dict(type='CheckpointHook', interval=2)]
-""")
+    config = write_run_config(
+        tmp_path / "sd3_tiny.py", _policy(tiny_sd3, alpha=4), KERNEL,
+        schedule=dict(type="FixedWindow", start=0, depth=2, k=2),
+        sampler=dict(type="TreeSampler", num_steps=3, guidance_scale=1.0),
+        advantage=dict(type="TreeBackup", weighting="prob"), reward=dict(type="JPEGCompressibility"),
+        loss=dict(type="GRPOClipLoss", clip_range=0.2, beta=0.1), optimizer=dict(type="AdamW", lr=1e-2),
+        max_iters=2, hooks=[dict(type="LoggerHook"), dict(type="CheckpointHook", interval=2)])
     runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["losses/loss"])) for r in records)
@@ -84,21 +84,7 @@ def test_checkpoint_lora_loads_into_a_stock_pipeline(tiny_sd3, tmp_path):
     """The LoRA exported in a checkpoint reproduces the trained transformer in stock diffusers."""
     from diffusers import StableDiffusion3Pipeline
 
-    config = tmp_path / "sd3_lora.py"
-    config.write_text(f"""
-policy = dict(type='SD3Policy', model_path='{tiny_sd3}', resolution=32, lora=dict(r=4, alpha=8))
-kernel = dict(type='FlowMatchingKernel', eta=0.7)
-schedule = dict(type='FixedWindow', start=0, depth=1, k=2)
-sampler = dict(type='TreeSampler', num_steps=2)
-advantage = dict(type='TreeBackup')
-reward = dict(type='Colorfulness')
-loss = dict(type='GRPOClipLoss', clip_range=0.2)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square'])
-optimizer = dict(type='AdamW', lr=5e-2)
-max_iters = 1
-prompts_per_iter = 2
-hooks = [dict(type='CheckpointHook', interval=1)]
-""")
+    config = write_run_config(tmp_path / "sd3_lora.py", _policy(tiny_sd3, alpha=8), KERNEL)  # 1 iteration, saved
     runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
     lora_dir = tmp_path / "run" / "checkpoints" / "iter_1" / "lora"
     assert (lora_dir / "pytorch_lora_weights.safetensors").is_file()
@@ -132,21 +118,14 @@ def test_prompt_embedding_cache(tiny_sd3):
 
 
 def test_sd3_lora_run_resumes_bit_identically(tiny_sd3, tmp_path):
-    config = tmp_path / "sd3_resume.py"
-    config.write_text(f"""
-policy = dict(type='SD3Policy', model_path='{tiny_sd3}', resolution=32, lora=dict(r=4, alpha=4))
-kernel = dict(type='FlowMatchingKernel', eta=0.7)
-schedule = dict(type='RandomWindow', depth=1, k=2)
-sampler = dict(type='TreeSampler', num_steps=3, guidance_scale=2.0)
-advantage = dict(type='TreeBackup')
-reward = dict(type='Colorfulness')
-loss = dict(type='GRPOClipLoss', clip_range=0.2, beta=0.05)
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square', 'a cat'])
-optimizer = dict(type='AdamW', lr=1e-2)
-max_iters = 3
-prompts_per_iter = 2
-hooks = [dict(type='LoggerHook'), dict(type='CheckpointHook', interval=1)]
-""")
+    config = write_run_config(
+        tmp_path / "sd3_resume.py", _policy(tiny_sd3, alpha=4), KERNEL,
+        schedule=dict(type="RandomWindow", depth=1, k=2),
+        sampler=dict(type="TreeSampler", num_steps=3, guidance_scale=2.0),
+        loss=dict(type="GRPOClipLoss", clip_range=0.2, beta=0.05),
+        train_dataset=dict(type="PromptList", prompts=["a red circle", "a blue square", "a cat"]),
+        optimizer=dict(type="AdamW", lr=1e-2), max_iters=3,
+        hooks=[dict(type="LoggerHook"), dict(type="CheckpointHook", interval=1)])
     straight = train_main([str(config), "--work-dir", str(tmp_path / "a")])
     train_main([str(config), "--work-dir", str(tmp_path / "b"), "--cfg-options", "max_iters=1"])
     resumed = train_main([str(config), "--work-dir", str(tmp_path / "b"), "--resume", "auto"])

@@ -3,15 +3,18 @@
     python tools/bench_rollout.py --policy sd3 --random-weights --out work_dirs/bench_rollout/sd3.json
     python tools/bench_rollout.py --policy sd3 --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
     python tools/bench_rollout.py --policy sd3 --model-path /models/stable-diffusion-3.5-medium --guidance-scale 4.5
+    python tools/bench_rollout.py --policy flux --random-weights --out work_dirs/bench_rollout/flux.json
 
 Each mode (``tree``: TreeSampler + TreeBackup; ``flat``: FlatSampler + GroupNorm with
 G = k**depth images per prompt, the same window, reward, loss and update) builds the project's own
 Runner from a config and runs its pieces - sampler, ``Runner.score``, the advantage estimator and
 ``Runner.update`` - timing each phase between ``torch.cuda.synchronize`` calls. ``--random-weights``
-builds the pipeline in memory (real shapes: SD3.5-medium transformer with CLIP-L/G and the 16-channel
-VAE, no T5; or SD1.5; tiny shapes: tools/make_tiny_models.py), saves it to a temporary folder
-(safetensors, in ``--dtype``) and loads it through the real policy class with the LoRA of
-configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible).
+builds the pipeline in memory, directly in ``--dtype`` (real shapes: SD3.5-medium transformer with
+CLIP-L/G and the 16-channel VAE, no T5; SD1.5; or FLUX.1-dev: 12B transformer, CLIP-L, T5-XXL
+encoder and the 16-channel VAE, ~34 GB of bf16 weights; tiny shapes: tools/make_tiny_models.py),
+saves it to a temporary folder (safetensors) and loads it through the real policy class with the
+LoRA of configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible). FLUX.1-dev
+samples without CFG: ``--guidance-scale 1`` (the default) and the policy's embedded ``guidance``.
 """
 from __future__ import annotations
 
@@ -35,14 +38,15 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from tools.make_tiny_models import byte_level_clip_tokenizer, tiny_sd3_pipeline, tiny_sd15_pipeline  # noqa: E402
+from tools.make_tiny_models import (byte_level_clip_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
+                                    tiny_sd15_pipeline, unigram_t5_tokenizer)
 from treegrpo.inference import load_config  # noqa: E402
 from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
 PHASES = ("sample", "reward", "advantage", "update")
 BASE_CONFIGS = {"sd3": "configs/_base_/models/sd35_medium.py", "sd15": "configs/_base_/models/sd15.py",
-                "toy": "configs/_base_/models/toy_flow.py"}
+                "flux": "configs/_base_/models/flux_dev.py", "toy": "configs/_base_/models/toy_flow.py"}
 PROMPTS = ["a photo of a cat on a sofa", "a red car in the rain", "a bowl of fruit on a wooden table",
            "a lighthouse at sunset", "an astronaut riding a horse", "a city street at night",
            "a watercolor painting of mountains", "a close-up of a sunflower"]
@@ -65,6 +69,17 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+# black-forest-labs/FLUX.1-dev: transformer/config.json (19 double + 38 single blocks, 24 heads x 128),
+# text_encoder_2 (T5-v1.1-XXL encoder, 4.76B), vae (as SD3's, FLUX's factors), scheduler
+FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                            guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              layer_norm_epsilon=1e-6, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
+FLUX_VAE = dict(SD3_VAE, shift_factor=0.1159, scaling_factor=0.3611)
+FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                      max_image_seq_len=4096)
 T5_NOTE = ("omitted (use_t5=False): the pipeline feeds zeros in place of the 256 T5 tokens, so the transformer "
            "sees the same 333 text tokens; T5-XXL encoding (once per prompt, cached) is not measured")
 
@@ -104,16 +119,36 @@ def real_sd15_pipeline():
         requires_safety_checker=False)
 
 
+def real_flux_pipeline():
+    """FLUX.1-dev sizes, random weights: 12B transformer with guidance embedding, CLIP-L, T5-XXL encoder,
+    16-channel VAE, dynamically shifted flow-matching scheduler."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    return FluxPipeline(
+        transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER), scheduler=FlowMatchEulerDiscreteScheduler(
+            **FLUX_SCHEDULER), vae=AutoencoderKL(**FLUX_VAE), text_encoder=clip_encoder(CLIP_L, False),
+        tokenizer=byte_level_clip_tokenizer(), text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+        tokenizer_2=unigram_t5_tokenizer())
+
+
 BUILDERS = {("sd3", "real"): real_sd3_pipeline, ("sd15", "real"): real_sd15_pipeline,
-            ("sd3", "tiny"): tiny_sd3_pipeline, ("sd15", "tiny"): tiny_sd15_pipeline}
+            ("flux", "real"): real_flux_pipeline, ("sd3", "tiny"): tiny_sd3_pipeline,
+            ("sd15", "tiny"): tiny_sd15_pipeline, ("flux", "tiny"): tiny_flux_pipeline}
 RESOLUTION = {"real": 512, "tiny": 32}
 
 
 def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder: Path) -> dict:
-    """Build the pipeline with random weights on ``device``, cast to ``dtype``, save it to ``folder``."""
+    """Build the pipeline with random weights on ``device`` directly in ``dtype`` (FLUX.1-dev built in
+    float32 first would take 67 GB), save it to ``folder``."""
     torch.manual_seed(0)
-    with torch.device(device):
-        pipe = BUILDERS[(policy, shapes)]()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(check_dtype(dtype))
+    try:
+        with torch.device(device):
+            pipe = BUILDERS[(policy, shapes)]()
+    finally:
+        torch.set_default_dtype(previous)
     pipe.to(check_dtype(dtype)).save_pretrained(folder, safe_serialization=True)
     del pipe
     empty_cache(device)
@@ -122,6 +157,8 @@ def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder
     if policy == "sd3":
         return {"transformer": SD35_MEDIUM_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": CLIP_G,
                 "t5": T5_NOTE, "vae": SD3_VAE}
+    if policy == "flux":
+        return {"transformer": FLUX_DEV_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL, "vae": FLUX_VAE}
     return {"unet": SD15_UNET, "text_encoder": CLIP_L, "vae": SD15_VAE}
 
 
@@ -253,7 +290,8 @@ def run_mode(args: argparse.Namespace, mode: str, model_path: Path | None, work_
     denoiser = runner.policy.unwrapped_denoiser()
     info = {"latent_shape": list(runner.policy.latent_shape),
             "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
-            "trainable_parameters": sum(p.numel() for p in runner.policy.trainable_parameters())}
+            "trainable_parameters": sum(p.numel() for p in runner.policy.trainable_parameters()),
+            "embedded_guidance": getattr(runner.policy, "guidance", None)}  # FLUX.1-dev's distilled guidance
     records = [one_iteration(runner, it) for it in range(args.warmup + args.iters)][args.warmup:]
     del runner, denoiser
     empty_cache(args.device)
@@ -282,7 +320,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=sorted(BASE_CONFIGS), default="sd3")
     parser.add_argument("--random-weights", action="store_true",
-                        help="build sd3/sd15 with random weights (no download)")
+                        help="build sd3/sd15/flux with random weights (no download)")
     parser.add_argument("--model-path", help="a local diffusers folder or hub id (instead of --random-weights)")
     parser.add_argument("--shapes", choices=["tiny", "real"], help="default: real on CUDA, tiny on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -294,7 +332,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--window-start", type=int, default=0)
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help=">1 runs CFG (doubles every forward)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help=">1 runs CFG (doubles every forward); FLUX.1-dev samples with 1")
     parser.add_argument("--chunk-size", type=int, default=32,
                         help="sampler rows per forward outside the window (as the SD3.5 config)")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="parents per update forward")

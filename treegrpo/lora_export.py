@@ -19,12 +19,11 @@ diffusers UNet path (the kohya-ss naming); ``sd3`` and ``flux`` -> (``transforme
 
 Why ComfyUI reads these (read in comfyanonymous/ComfyUI: ``comfy/lora.py``, ``comfy/utils.py``):
 - ``model_lora_keys_unet`` maps ``"lora_unet_" + k.replace(".", "_")`` for every diffusers UNet key
-  ``k`` of ``comfy.utils.unet_to_diffusers`` (SD1.x/2.x/XL: attn1/attn2 to_q/to_k/to_v/to_out.0,
-  ff, proj_in/out, resnets); for ``model_base.SD3`` it maps ``"lora_transformer_" + k_`` (also
-  ``"transformer." + k``) for every key of ``comfy.utils.mmdit_to_diffusers`` (to_q/to_k/to_v as
-  slices of the fused ``qkv``, add_*_proj, to_out.0, to_add_out, ff, ff_context, norm1; attn2.* of
-  SD3.5 dual-attention blocks in current versions); for ``model_base.Flux`` the same two prefixes over
-  ``comfy.utils.flux_to_diffusers``.
+  ``k`` (ending in ``.weight``, which is dropped) of ``comfy.utils.unet_to_diffusers`` (SD1.x/2.x/XL);
+  for ``model_base.SD3`` it maps ``"lora_transformer_" + k_`` (also ``"transformer." + k``) for every
+  key of ``comfy.utils.mmdit_to_diffusers`` (to_q/to_k/to_v as slices of the fused ``qkv``); for
+  ``model_base.Flux`` the same two prefixes over ``comfy.utils.flux_to_diffusers``. The module
+  names each map covers are listed at :data:`COMFYUI_MODULES`.
 - ``load_lora`` (now ``comfy/weight_adapter/lora.py::LoRAAdapter.load``) reads ``<key>.lora_up.weight``
   / ``<key>.lora_down.weight`` and ``<key>.alpha`` (``.item()``); ``calculate_weight`` applies
   ``W += strength * (alpha / lora_down.shape[0]) * (lora_up.flatten(1) @ lora_down.flatten(1))``.
@@ -50,18 +49,44 @@ FAMILIES = {"sd15": ("unet", "lora_unet_"), "sd3": ("transformer", "lora_transfo
 POLICY_FAMILY = {"StableDiffusionPolicy": "sd15", "SD3Policy": "sd3", "FluxPolicy": "flux"}
 METADATA_KEY = "lora_adapter_metadata"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-# Module paths that ComfyUI's key maps cover (see the module docstring); others load with a
-# "lora key not loaded" warning and are ignored by ComfyUI.
-_SD3_BLOCK = (r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out)"
-              r"|attn2\.(to_[qkv]|to_out\.0)|ff(_context)?\.net\.(0\.proj|2)|norm1(_context)?\.linear)")
-_FLUX_BLOCK = (r"(transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out)"
-               r"|ff(_context)?\.net\.(0\.proj|2)|norm1(_context)?\.linear)"
-               r"|single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp|proj_out|norm\.linear))")
-_UNET_ATTN = (r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.attentions\.\d+\.(proj_in|proj_out|"
-              r"transformer_blocks\.\d+\.(attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2)))")
-_UNET_RESNET = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.resnets\.\d+\.(conv1|conv2|time_emb_proj|conv_shortcut)"
-COMFYUI_MODULES = {"sd3": re.compile(rf"^{_SD3_BLOCK}$"), "flux": re.compile(rf"^{_FLUX_BLOCK}$"),
-                   "sd15": re.compile(rf"^({_UNET_ATTN}|{_UNET_RESNET})$")}
+# Module paths M whose ``M.weight`` is a key of ComfyUI's diffusers -> ComfyUI key maps in
+# comfy/utils.py (comfyanonymous/ComfyUI; keyed as lora_unet_/lora_transformer_ + M_ by
+# comfy/lora.py::model_lora_keys_unet); a ComfyUI LoRA key of any other module is reported
+# "lora key not loaded" and skipped. Block indices are not checked against the model's depth.
+# Read: unet_to_diffusers and mmdit_to_diffusers at ComfyUI commit 2ba5cc8b; the later additions
+# to mmdit_to_diffusers (attn2, q/k norms) and flux_to_diffusers as of ComfyUI 0.3.7x.
+# - unet_to_diffusers (SD1.x/2.x/XL): per resnet conv1, conv2, time_emb_proj, conv_shortcut, norm1,
+#   norm2; per attention proj_in, proj_out, norm and per transformer block norm1-3, attn1/attn2
+#   to_q/to_k/to_v/to_out.0, ff.net.0.proj, ff.net.2; the down/upsampler convs; UNET_MAP_BASIC:
+#   conv_in, conv_out, conv_norm_out, time_embedding / class_embedding / add_embedding linear_1/2.
+_UNET_LEVEL = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
+_UNET = (rf"{_UNET_LEVEL}\.resnets\.\d+\.(conv1|conv2|time_emb_proj|conv_shortcut|norm1|norm2)"
+         rf"|{_UNET_LEVEL}\.attentions\.\d+\.(proj_in|proj_out|norm)"
+         rf"|{_UNET_LEVEL}\.attentions\.\d+\.transformer_blocks\.\d+\."
+         r"(norm[123]|attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2))"
+         r"|down_blocks\.\d+\.downsamplers\.0\.conv|up_blocks\.\d+\.upsamplers\.0\.conv"
+         r"|conv_in|conv_out|conv_norm_out|(time_embedding|class_embedding|add_embedding)\.linear_[12]")
+# - mmdit_to_diffusers (SD3 / SD3.5): per block attn to_q/to_k/to_v, add_q/k/v_proj, to_out.0,
+#   to_add_out, norm_q/norm_k/norm_added_q/norm_added_k; attn2 (SD3.5 dual attention) to_q/to_k/to_v,
+#   to_out.0, norm_q/norm_k; ff / ff_context net.0.proj, net.2; norm1 / norm1_context .linear;
+#   MMDIT_MAP_BASIC: pos_embed.proj, context_embedder, time_text_embed timestep/text embedder
+#   linear_1/2, norm_out.linear, proj_out.
+_SD3 = (r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out|norm_(q|k|added_q|added_k))"
+        r"|attn2\.(to_[qkv]|to_out\.0|norm_[qk])|ff(_context)?\.net\.(0\.proj|2)|norm1(_context)?\.linear)"
+        r"|pos_embed\.proj|context_embedder|time_text_embed\.(timestep|text)_embedder\.linear_[12]"
+        r"|norm_out\.linear|proj_out")
+# - flux_to_diffusers (FLUX.1): double blocks as SD3 without attn2, plus the LyCORIS names
+#   ff / ff_context linear_in/linear_out; single blocks attn to_q/to_k/to_v (slices of linear1),
+#   proj_mlp, proj_out, norm.linear, attn norm_q/norm_k (and FLUX.2's attn.to_qkv_mlp_proj,
+#   attn.to_out); MAP_BASIC: x_embedder, controlnet_x_embedder, context_embedder, time_text_embed
+#   timestep/text/guidance embedder linear_1/2, norm_out.linear, proj_out.
+_FLUX = (r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out|norm_(q|k|added_q|added_k))"
+         r"|ff(_context)?\.(net\.(0\.proj|2)|linear_(in|out))|norm1(_context)?\.linear)"
+         r"|single_transformer_blocks\.\d+\.(attn\.(to_[qkv]|norm_[qk]|to_qkv_mlp_proj|to_out)|proj_mlp|proj_out"
+         r"|norm\.linear)|x_embedder|controlnet_x_embedder|context_embedder"
+         r"|time_text_embed\.(timestep|text|guidance)_embedder\.linear_[12]|norm_out\.linear|proj_out")
+COMFYUI_MODULES = {family: re.compile(rf"^({pattern})$")
+                   for family, pattern in (("sd15", _UNET), ("sd3", _SD3), ("flux", _FLUX))}
 
 
 @dataclass
