@@ -135,3 +135,36 @@ def test_generate_from_explicit_noise_in_chunks():
     assert not torch.allclose(generate(policy, kernel, prompts, 3, 1.0, seed=0, noise=noise), seeded, atol=1e-3)
     with pytest.raises(ValueError, match="noise must have shape"):
         generate(policy, kernel, prompts, 3, 1.0, seed=0, noise=noise[:2])
+
+
+def test_normalized_reward_by_hand():
+    from treegrpo.benchmarking import normalized_reward
+
+    assert normalized_reward(0.30, base=0.25, maximum=1.0) == pytest.approx(0.05 / 0.75)
+    assert normalized_reward(0.25, base=0.25, maximum=1.0) == 0.0
+    with pytest.raises(ValueError, match="below the maximum"):
+        normalized_reward(1.0, base=10.0, maximum=10.0)
+
+
+def test_baseline_adds_the_papers_normalized_reward(prompt_file, tmp_path):
+    from tools.make_tiny_models import main as make_tiny
+
+    clip = make_tiny(["--out", str(tmp_path / "tiny"), "--models", "clip_reward"])["clip_reward"]
+    options = ["--cfg-options", "eval_rewards.clip.type=CLIPScore", f"eval_rewards.clip.model={clip}",
+               "eval_rewards.clip.w=1.0"]
+
+    def evaluate(out, *extra):
+        return eval_main([CONFIG, "--prompts", str(prompt_file), "--rewards", "clip,JPEGCompressibility",
+                          "--out", str(out), "--num-steps", "4", *extra, *options])
+
+    base = evaluate(tmp_path / "base", "--seed", "1")
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        evaluate(tmp_path / "x", "--baseline", str(tmp_path / "nowhere"))
+    other = evaluate(tmp_path / "other", "--seed", "2", "--baseline", str(tmp_path / "base"))
+    r, r_base = other["rewards"]["clip"]["mean"], base["rewards"]["clip"]["mean"]
+    assert r != r_base
+    assert other["rewards"]["clip"]["normalized"] == pytest.approx((r - r_base) / (1.0 - r_base))
+    assert other["rewards"]["JPEGCompressibility"]["normalized"] is None  # no paper maximum
+    table = (tmp_path / "other" / "metrics.md").read_text()
+    assert "normalised" in table and f"{(r - r_base) / (1.0 - r_base):.4f}" in table
+    assert "normalized" in (tmp_path / "other" / "metrics.csv").read_text().splitlines()[0]

@@ -33,6 +33,7 @@ from treegrpo.hooks.evaluation import generate, per_prompt_noise  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, build, registered_names  # noqa: E402
 from treegrpo.rewards.base import check_rewards  # noqa: E402
+from treegrpo.benchmarking import PAPER_REWARD_MAX, normalized_reward  # noqa: E402
 from treegrpo.utils import derive_seed, image_grid  # noqa: E402
 
 TRAINING_REWARD = "reward"
@@ -53,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward / reward call")
     parser.add_argument("--grid-size", type=int, default=64, help="images in grid.png (first N)")
     parser.add_argument("--device", help="where the policy runs (default: the config's)")
+    parser.add_argument("--baseline", help="metrics.json (or its folder) of the untuned model: adds the "
+                        "paper's normalised reward (r - r_base) / (r_max - r_base) for HPSv2, "
+                        "ImageReward, Aesthetic and CLIPScore")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config keys, e.g. policy.sigma_shift=3.0")
     args = parser.parse_args(argv)
@@ -128,10 +132,36 @@ def summarize(scores: dict[str, torch.Tensor]) -> list[dict]:
             for name, values in scores.items()]
 
 
+def read_baseline(baseline: str | Path) -> dict[str, dict]:
+    """The ``rewards`` entry of a baseline metrics.json (a file or the folder holding it)."""
+    path = Path(baseline)
+    path = path / "metrics.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"--baseline {baseline}: no metrics.json there (run tools/eval.py "
+                                "on the untuned model first)")
+    return json.loads(path.read_text())["rewards"]
+
+
+def add_normalized(rows: list[dict], configs: dict[str, dict], base: dict[str, dict]) -> None:
+    """Add ``normalized`` to each row whose reward type has a paper maximum and a baseline mean
+    (the row's name in the baseline's rewards); others get None."""
+    for row in rows:
+        maximum = PAPER_REWARD_MAX.get(configs[row["reward"]].get("type"))
+        known = maximum is not None and row["reward"] in base
+        row["normalized"] = (normalized_reward(row["mean"], base[row["reward"]]["mean"], maximum)
+                             if known else None)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """Summary rows -> a markdown table with 4 decimals."""
-    lines = ["| reward | mean | std | n |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['reward']} | {r['mean']:.4f} | {r['std']:.4f} | {r['n']} |" for r in rows]
+    """Summary rows -> a markdown table with 4 decimals (a normalised column when present)."""
+    normalized = any("normalized" in r for r in rows)
+    lines = ["| reward | mean | std | n |" + (" normalised |" if normalized else ""),
+             "|---|---:|---:|---:|" + ("---:|" if normalized else "")]
+    for r in rows:
+        line = f"| {r['reward']} | {r['mean']:.4f} | {r['std']:.4f} | {r['n']} |"
+        if normalized:
+            line += " - |" if r.get("normalized") is None else f" {r['normalized']:.4f} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +170,8 @@ def write_outputs(out: Path, rows: list[dict], info: dict, images: torch.Tensor,
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.md").write_text(markdown_table(rows))
     with open(out / "metrics.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["reward", "mean", "std", "n"])
+        fields = ["reward", "mean", "std", "n"] + (["normalized"] if any("normalized" in r for r in rows) else [])
+        writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     (out / "metrics.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -156,6 +187,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"--rewards must name at least one reward, got {args.rewards!r}")
     configs = reward_configs(names, cfg)
     prompts, _ = read_prompt_file(args.prompts)
+    baseline = read_baseline(args.baseline) if args.baseline else None
     rewards = build_rewards(configs)
     for name, reward in rewards.items():
         if getattr(reward, "normalize", None) == "batch":
@@ -178,6 +210,8 @@ def main(argv=None) -> dict:
               for name, reward in rewards.items()}
 
     rows = summarize(scores)
+    if args.baseline:
+        add_normalized(rows, configs, baseline)
     info = {
         "config": str(args.config),
         "cfg_options": dict(args.cfg_options),

@@ -104,3 +104,15 @@ def markdown_table(rows: list[SummaryRow], target: float) -> str:
             f"{r.edges_per_nfe:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# Maximum scores the TreeGRPO paper normalises with, by reward type.
+PAPER_REWARD_MAX = {"HPSv2": 1.0, "ImageReward": 2.0, "Aesthetic": 10.0, "CLIPScore": 1.0}
+
+
+def normalized_reward(reward: float, base: float, maximum: float) -> float:
+    """The paper's normalised reward ``(r - r_base) / (r_max - r_base)``: 0 for the untuned
+    model, 1 at the reward's maximum. Raises ValueError when ``base >= maximum``."""
+    if base >= maximum:
+        raise ValueError(f"baseline reward {base} must be below the maximum {maximum}")
+    return (reward - base) / (maximum - base)
