@@ -216,11 +216,15 @@ class ToyClassifier(nn.Module):
             {name: nn.Linear(hidden, len(values)) for name, values in ATTRIBUTES.items()}
         )
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> penultimate features [B, hidden] (before the heads)."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        features = self.trunk(self.features(images * 2 - 1))
+        return self.trunk(self.features(images * 2 - 1))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.embed(images)
         return {name: head(features) for name, head in self.heads.items()}
 
 
