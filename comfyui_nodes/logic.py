@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from .comfy_env import DEVICES, comfy_loading, comfy_progress, free_comfy_memory, pick_device  # noqa: F401
 from .lora import to_trainable_state
-from .paths import check_model_folder, require_safetensors, resolve_path
+from .paths import require_safetensors, resolve_config, resolve_path
+from .safety import REFUSED_REWARDS, check_reward_spec, policy_model_folder, refuse_reward, resolve_path_values
 
-PATH_KEYS = ("checkpoint", "weights", "path", "model_path")  # option / kwarg names holding paths
 MAX_LEAVES = 512
-DEVICES = ("auto", "cpu", "cuda")
+# reward combos when the registry cannot be read (the nodes then say what is wrong when run)
+FALLBACK_REWARDS = ("Aesthetic", "CLIPScore", "Colorfulness", "HPSv2", "ImageReward", "JPEGCompressibility",
+                    "JPEGIncompressibility", "PickScore", "ToyAlignmentReward", "WeightedSum")
+logger = logging.getLogger(__name__)
 
 
 def require_treegrpo() -> None:
@@ -49,25 +54,6 @@ class TreegrpoPipeline:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-def resolve_path_values(values: dict) -> dict:
-    """Resolve every string value whose (dotted) key ends in a path name (``checkpoint``,
-    ``weights``, ``path``, ``model_path``, ``*_path``) inside the treegrpo model folders."""
-    out = dict(values)
-    for key, value in values.items():
-        last = str(key).rsplit(".", 1)[-1]
-        if isinstance(value, str) and value and (last in PATH_KEYS or last.endswith("_path")):
-            out[key] = str(resolve_path(value, "treegrpo"))
-    return out
-
-
-def pick_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> ComfyUI IMAGE [B, H, W, 3] float32 on CPU."""
     return images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).contiguous()
@@ -86,26 +72,6 @@ def pil_to_comfy(picture) -> torch.Tensor:
     """PIL image -> IMAGE [1, H, W, 3]."""
     array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array)[None]
-
-
-def comfy_progress(total: int) -> Callable[[int], None] | None:
-    """``update(value)`` on ComfyUI's progress bar (``comfy.utils.ProgressBar``), which also stops
-    the run when the user cancels it in ComfyUI; None outside ComfyUI."""
-    try:
-        bar = importlib.import_module("comfy.utils").ProgressBar(total)
-    except (ImportError, AttributeError):
-        return None
-    try:
-        check_cancel = importlib.import_module("comfy.model_management").throw_exception_if_processing_interrupted
-    except (ImportError, AttributeError):
-        check_cancel = None
-
-    def update(value: int) -> None:
-        if check_cancel is not None:
-            check_cancel()
-        bar.update_absolute(min(value, total), total)
-
-    return update
 
 
 def expected_forward_rows(steps: int, start: int, depth: int, k: int, guidance_scale: float) -> int:
@@ -155,10 +121,11 @@ def read_trainable_state(path: Path, policy: Any) -> dict[str, torch.Tensor]:
 def checkpoint_fingerprint(config: str, checkpoint: str) -> str:
     """Changes whenever the config file or the weights :func:`load_pipeline` would read change
     (a newer checkpoint in a run folder included); ComfyUI's IS_CHANGED. Path errors are left
-    for the node itself to report."""
+    for the node itself to report; inputs that are not strings (ComfyUI passes None for an input
+    fed by a link) are skipped."""
     parts = []
     for name in (config, checkpoint):
-        if not name.strip():
+        if not isinstance(name, str) or not name.strip():  # a linked input reaches IS_CHANGED as None
             continue
         try:
             path = resolve_path(name)
@@ -181,9 +148,13 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
             folder given as ``checkpoint``.
         checkpoint: run folder, ``checkpoints/iter_<n>`` folder or LoRA ``.safetensors`` file
             (empty: the base model).
-        device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+        device: 'auto' (ComfyUI's device inside ComfyUI, else CUDA when available), 'cpu' or 'cuda'.
         model_path: local diffusers model folder replacing ``policy.model_path`` (safetensors only).
-        options: JSON object of config overrides with dotted keys (``{"policy.resolution": 512}``).
+        options: JSON object of config overrides (dotted keys, ``{"policy.resolution": 512}``, or
+            nested objects); path values are resolved in the model folders (:mod:`safety`).
+
+    Whatever sets it (config, options or ``model_path``), ``policy.model_path`` must be a diffusers
+    folder inside the model folders: nothing is downloaded.
     """
     require_treegrpo()
     from treegrpo.inference import load_config, load_policy
@@ -191,35 +162,45 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
 
     ckpt_path = resolve_path(checkpoint) if checkpoint.strip() else None
     if config.strip():
-        config_path = resolve_path(config)
+        config_path = resolve_config(config)
     elif ckpt_path is not None and (ckpt_path / "config.py").is_file():
         config_path = ckpt_path / "config.py"
     else:
         raise ValueError("config is empty: give a config file, or a run folder (with its config.py) as checkpoint")
-    if not config_path.is_file():
-        raise ValueError(f"config {config_path} is not a file")
-    overrides = resolve_path_values(parse_json_object(options, "options"))
+    overrides = resolve_path_values(parse_json_object(options, "options"), "options")
     blocked = sorted(k for k in overrides if str(k).split(".")[0] in ("custom_imports", "_base_"))
     if blocked:
         raise ValueError(f"options may not set {blocked}: code imports belong in the config file itself")
     if model_path.strip():
-        overrides["policy.model_path"] = str(check_model_folder(resolve_path(model_path)))
+        overrides["policy.model_path"] = model_path.strip()
     cfg = load_config(config_path, overrides)
-    policy, kernel = load_policy(cfg, None, pick_device(device))
-    if ckpt_path is not None:
-        policy.load_trainable_state_dict(read_trainable_state(ckpt_path, policy))
+    folder = cfg.get("policy", {}).get("model_path")
+    if folder is not None:
+        cfg.policy.model_path = policy_model_folder(str(folder))
+    device = pick_device(device)
+    free_comfy_memory()
+    with comfy_loading():
+        policy, kernel = load_policy(cfg, None, device)
+        if ckpt_path is not None:
+            policy.load_trainable_state_dict(read_trainable_state(ckpt_path, policy))
     source = f"config {config_path.name}" + (f", checkpoint {ckpt_path.name}" if ckpt_path else ", base weights")
     return TreegrpoPipeline(policy=policy, kernel=kernel, cfg=cfg, source=source)
 
 
 # --- rewards ----------------------------------------------------------------------------------
 def reward_names() -> list[str]:
-    """Registered reward types (for the node combos); empty when treegrpo is not importable."""
+    """Registered reward types the nodes run (for the node combos; HTTPReward is left out).
+    Never raises, as ComfyUI calls it from INPUT_TYPES: when the registry cannot be read (treegrpo
+    missing or broken), the error is logged and :data:`FALLBACK_REWARDS` is returned."""
     try:
         from treegrpo.registry import REWARDS, registered_names
-    except ImportError:
-        return []
-    return registered_names(REWARDS)
+
+        names = registered_names(REWARDS)
+    except Exception as error:  # noqa: BLE001 - INPUT_TYPES must not fail
+        logger.warning("treegrpo nodes: cannot list the registered rewards (%s: %s); showing the "
+                       "built-in names", type(error).__name__, error)
+        return list(FALLBACK_REWARDS)
+    return [name for name in names if name not in REFUSED_REWARDS]
 
 
 _REWARD_CACHE: dict[str, Any] = {}
@@ -227,36 +208,43 @@ _REWARD_CACHE: dict[str, Any] = {}
 
 def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -> tuple[Any, str]:
     """(reward object, type name). ``name`` is a registered reward type, or 'config' for ``base``
-    (the pipeline config's reward); ``kwargs`` (JSON) override its arguments. The last two built
-    rewards are kept, so a reward model loads once per session."""
+    (the pipeline config's reward); ``kwargs`` (JSON) override its arguments. The spec is checked
+    by :func:`safety.check_reward_spec` (no HTTPReward, models only from the model folders). The
+    last two built rewards are kept (weights loaded), so a reward model loads once per session."""
     require_treegrpo()
     from treegrpo.registry import REWARDS, build
     from treegrpo.utils import parse_json_object
 
-    extra = resolve_path_values(parse_json_object(kwargs, "reward_kwargs"))
+    extra = parse_json_object(kwargs, "reward_kwargs")
     if name == "config":
         if not base:
             raise ValueError("reward 'config' needs a pipeline whose config has a reward: pick a reward type")
         spec = {**dict(base), **extra, "type": base["type"]}
     else:
+        refuse_reward(name)
         if name not in reward_names():
             raise ValueError(f"unknown reward {name!r}; registered rewards: {reward_names()}")
         spec = {**extra, "type": name}
+    spec = check_reward_spec(spec)
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in _REWARD_CACHE:
         while len(_REWARD_CACHE) >= 2:
             _REWARD_CACHE.pop(next(iter(_REWARD_CACHE)))
-        _REWARD_CACHE[key] = build(REWARDS, spec)
+        with comfy_loading():
+            reward = build(REWARDS, spec)
+            reward.load()
+        _REWARD_CACHE[key] = reward
     return _REWARD_CACHE[key], str(spec["type"])
 
 
 def score_images(images: torch.Tensor, prompt: str, reward: str, reward_kwargs: str = "") -> tuple[list[float], str]:
-    """IMAGE [B, H, W, C] + one prompt for all -> (B scores, a text table)."""
+    """IMAGE [B, H, W, C] + one prompt for all -> (B scores, a text table). The images are moved
+    to ComfyUI's device (IMAGE tensors live on the CPU), where the reward models run."""
     require_treegrpo()
     from treegrpo.rewards.base import check_rewards
 
     model, name = build_reward(reward, reward_kwargs)
-    batch = from_comfy_images(images)
+    batch = from_comfy_images(images).to(pick_device("auto"))
     with torch.no_grad():
         scores = check_rewards(model(batch, [prompt] * batch.shape[0]), batch.shape[0], name)
     lines = [f"reward {name}  |  prompt: {prompt}", "image  score"]

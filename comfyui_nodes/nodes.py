@@ -9,7 +9,8 @@ CATEGORY = "treegrpo"
 PIPELINE = "TREEGRPO_PIPELINE"  # our custom link type: a logic.TreegrpoPipeline
 TOY_CONFIG = "configs/treegrpo_toy_shapes.py"
 TOY_PROMPT = "a small red circle on a blue background at the top"
-JSON_HINT = "JSON object, e.g. {\"quality\": 90}; path values are looked up in the treegrpo model folders"
+JSON_HINT = ("JSON object, e.g. {\"quality\": 90}; paths and models (checkpoint, model, tokenizer, "
+             "clip_model, *_path) are looked up in the treegrpo model folders: nothing is downloaded")
 
 
 class TreegrpoLoadCheckpoint:
@@ -26,8 +27,8 @@ class TreegrpoLoadCheckpoint:
                 "device": (list(logic.DEVICES), {"default": "auto"}),
             },
             "optional": {
-                "model_path": ("STRING", {"default": "", "tooltip": "local diffusers model folder that "
-                                          "replaces the config's policy.model_path"}),
+                "model_path": ("STRING", {"default": "", "tooltip": "diffusers model folder in the treegrpo "
+                                          "model folder that replaces the config's policy.model_path"}),
                 "options": ("STRING", {"default": "{}", "multiline": True, "tooltip": "config overrides as "
                                        "JSON with dotted keys, e.g. {\"policy.resolution\": 512}"}),
             },

@@ -1,19 +1,22 @@
 """Where the nodes may read files from, and the check that keeps every path inside those folders.
 
 Model folders by kind:
-- ``treegrpo`` (configs, run folders, checkpoints, diffusers model folders): inside ComfyUI, the
-  folders ComfyUI's ``folder_paths`` lists under "treegrpo" (this pack registers
-  ``<ComfyUI>/models/treegrpo`` and the standalone root below); outside ComfyUI, the standalone
-  root: ``$TREEGRPO_COMFY_ROOT`` (several separated by ``os.pathsep``), else the treegrpo source
-  tree of an editable install (the folder that holds the ``treegrpo`` package and ``configs/``,
-  so ``configs/treegrpo_toy_shapes.py`` is found with nothing to configure).
+- ``treegrpo`` (configs, run folders, checkpoints, diffusers model folders, reward models), in
+  lookup order: ``<ComfyUI>/models/treegrpo`` (inside ComfyUI), the folders of
+  ``$TREEGRPO_COMFY_ROOT`` (several separated by ``os.pathsep``), then the ``configs/`` and
+  ``work_dirs/`` folders of the treegrpo checkout (editable install). The checkout itself is no
+  model folder: its sources, ``.git`` and ``.venv`` are neither listed nor readable (any ``.py``
+  there would run as a config). Inside ComfyUI, these folders are registered as the model folder
+  "treegrpo" and the lookup uses ComfyUI's list (plus folders others added to it).
 - ``loras`` (LoRA files for ComfyUI's MODEL): ComfyUI's standard "loras" folders; outside ComfyUI,
-  ``<standalone root>/loras``.
+  ``<each $TREEGRPO_COMFY_ROOT folder>/loras``.
 
-A relative name is looked up in each folder in turn; ``..`` that leaves the folder, or an absolute
-path outside every folder, raises :class:`PathNotAllowedError`. The check is on the normalised
-path (as ComfyUI's own ``folder_paths.get_full_path`` does), so a symlink that an administrator
-placed inside a model folder is followed.
+A relative name is looked up in each folder in turn. A name may also start with the folder's own
+name, so the checkout's ``configs/treegrpo_toy_shapes.py`` and ``work_dirs/<run>`` keep their
+usual names. ``..`` that leaves the folder, or an absolute path outside every folder, raises
+:class:`PathNotAllowedError`. The check is on the normalised path (as ComfyUI's own
+``folder_paths.get_full_path`` does), so a symlink that an administrator placed inside a model
+folder is followed.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from types import ModuleType
 ENV_ROOT = "TREEGRPO_COMFY_ROOT"
 FOLDER_NAME = "treegrpo"
 KINDS = ("treegrpo", "loras")
+CHECKOUT_FOLDERS = ("configs", "work_dirs")  # the only parts of the treegrpo checkout the nodes read
+CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")
 
 
 class PathNotAllowedError(ValueError):
@@ -46,13 +51,26 @@ def package_root() -> Path | None:
     return root if (root / "configs").is_dir() else None
 
 
-def standalone_roots() -> list[Path]:
-    """``$TREEGRPO_COMFY_ROOT`` (``os.pathsep``-separated) or else ``[package_root()]``."""
+def env_roots() -> list[Path]:
+    """The folders of ``$TREEGRPO_COMFY_ROOT`` (``os.pathsep``-separated; empty when unset)."""
     env = os.environ.get(ENV_ROOT, "").strip()
-    if env:
-        return [Path(os.path.abspath(p)) for p in env.split(os.pathsep) if p.strip()]
+    return [Path(os.path.abspath(p)) for p in env.split(os.pathsep) if p.strip()]
+
+
+def checkout_folders() -> list[Path]:
+    """``configs/`` and ``work_dirs/`` of the treegrpo checkout (empty for a wheel install)."""
     root = package_root()
-    return [root] if root is not None else []
+    return [root / name for name in CHECKOUT_FOLDERS] if root is not None else []
+
+
+def standalone_roots() -> list[Path]:
+    """The "treegrpo" folders besides ComfyUI's ``models/treegrpo``: ``$TREEGRPO_COMFY_ROOT``'s,
+    then the checkout's ``configs/`` and ``work_dirs/``."""
+    roots: list[Path] = []
+    for root in env_roots() + checkout_folders():
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def comfy_folder_paths() -> ModuleType | None:
@@ -64,8 +82,9 @@ def comfy_folder_paths() -> ModuleType | None:
 
 
 def register_comfy_folders(folder_paths: ModuleType | None = None) -> list[str]:
-    """Register the "treegrpo" model folder with ComfyUI: ``<models_dir>/treegrpo`` first, then the
-    standalone roots. No-op outside ComfyUI. Returns the folders now listed under "treegrpo"."""
+    """Register the "treegrpo" model folder with ComfyUI: ``<models_dir>/treegrpo`` first (the
+    default, e.g. for downloads), then the standalone roots. No-op outside ComfyUI. Returns the
+    folders now listed under "treegrpo"."""
     folder_paths = folder_paths if folder_paths is not None else comfy_folder_paths()
     if folder_paths is None:
         return []
@@ -75,9 +94,13 @@ def register_comfy_folders(folder_paths: ModuleType | None = None) -> list[str]:
     except KeyError:
         present = []
     for index, folder in enumerate(wanted):
-        if folder not in present:
+        if folder in present:
+            continue
+        try:
             folder_paths.add_model_folder_path(FOLDER_NAME, folder, is_default=index == 0)
-            present.append(folder)
+        except TypeError:  # ComfyUI before is_default (September 2024): appended instead
+            folder_paths.add_model_folder_path(FOLDER_NAME, folder)
+        present.append(folder)
     return folder_paths.get_folder_paths(FOLDER_NAME)
 
 
@@ -91,8 +114,7 @@ def model_roots(kind: str) -> list[Path]:
             return [Path(os.path.abspath(p)) for p in folder_paths.get_folder_paths(kind)]
         except KeyError:
             return []
-    roots = standalone_roots()
-    return [root / "loras" for root in roots] if kind == "loras" else roots
+    return [root / "loras" for root in env_roots()] if kind == "loras" else standalone_roots()
 
 
 def is_inside(path: str | Path, root: str | Path) -> bool:
@@ -107,7 +129,8 @@ def is_inside(path: str | Path, root: str | Path) -> bool:
 def resolve_path(name: str, kind: str = "treegrpo") -> Path:
     """The existing file or folder ``name`` names inside the ``kind`` model folders.
 
-    ``name`` is relative to a model folder (tried in order) or absolute inside one of them.
+    ``name`` is relative to a model folder (tried in order; it may start with the folder's own
+    name, e.g. ``configs/x.py`` in ``<checkout>/configs``) or absolute inside one of them.
     Raises PathNotAllowedError for anything that would leave the folders, FileNotFoundError when
     no folder holds it.
     """
@@ -140,7 +163,20 @@ def resolve_path(name: str, kind: str = "treegrpo") -> Path:
                 )
             if path.exists():
                 return path
+            if Path(name).parts[0] == root.name:  # 'configs/x.py' in <checkout>/configs
+                path = Path(os.path.normpath(os.path.join(root.parent, name)))
+                if is_inside(path, root) and path.exists():
+                    return path
     raise FileNotFoundError(f"{name!r} not found in the {kind} model folders ({shown})")
+
+
+def resolve_config(name: str) -> Path:
+    """A config file (``.py``, ``.json``, ``.yaml``) inside the treegrpo model folders: the only
+    place a config (whose Python mmengine executes) is read from."""
+    path = resolve_path(name, "treegrpo")
+    if not path.is_file() or path.suffix not in CONFIG_SUFFIXES:
+        raise ValueError(f"config {path} is not a config file (a {'/'.join(CONFIG_SUFFIXES)} file)")
+    return path
 
 
 def require_safetensors(path: Path) -> Path:

@@ -6,7 +6,8 @@
 Calls the same functions as the workflow ``comfyui_nodes/workflows/toy_branched_denoising_api.json``
 (Load treegrpo checkpoint -> Branched denoising) with its settings, converts the node's IMAGE output
 ([1, H, W, 3] in [0, 1]) to a PNG and prints the node's reward / advantage table. CPU, no download.
-Paths are looked up in the pack's model folders (the treegrpo source tree, or $TREEGRPO_COMFY_ROOT).
+Paths are looked up in the pack's model folders: $TREEGRPO_COMFY_ROOT, then the checkout's ``configs/``
+and ``work_dirs/`` (names as in the checkout: ``configs/...``, ``work_dirs/...``).
 """
 from __future__ import annotations
 
