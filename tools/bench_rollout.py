@@ -7,8 +7,8 @@
 
 Each mode (``tree``: TreeSampler + TreeBackup; ``flat``: FlatSampler + GroupNorm with
 G = k**depth images per prompt, the same window, reward, loss and update) builds the project's own
-Runner from a config and runs its pieces - sampler, ``Runner.score``, the advantage estimator and
-``Runner.update`` - timing each phase between ``torch.cuda.synchronize`` calls. ``--random-weights``
+Runner from a config and runs ``Runner.train_iteration`` itself, timing each phase (sample, reward,
+advantage, update) between ``torch.cuda.synchronize`` calls and recording its peak memory. ``--random-weights``
 builds the pipeline in memory, directly in ``--dtype`` (real shapes: SD3.5-medium transformer with
 CLIP-L/G and the 16-channel VAE, no T5; SD1.5; or FLUX.1-dev: 12B transformer, CLIP-L, T5-XXL
 encoder and the 16-channel VAE, ~34 GB of bf16 weights; tiny shapes: tools/make_tiny_models.py),
@@ -28,7 +28,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,38 +212,27 @@ def memory_note(device: torch.device) -> str:
         return "process peak RSS since start (getrusage; this system cannot reset it per phase)"
 
 
-@contextlib.contextmanager
-def phase(record: dict, name: str, device: torch.device):
-    """Time a phase between device synchronisations and record its peak memory."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    _reset_peak(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    record["seconds"][name] = time.perf_counter() - start
-    record["peak_bytes"][name] = _peak(device)
+class MeasuredRunner(Runner):
+    """A Runner whose iteration phases also record their peak memory (``self.peaks``), with the
+    device synchronised around each phase (as the runner's timer does on CUDA)."""
+
+    peaks: dict[str, int]
+
+    @contextlib.contextmanager
+    def phase(self, times: dict[str, float], name: str):
+        _reset_peak(self.device)
+        with super().phase(times, name):
+            yield
+        self.__dict__.setdefault("peaks", {})[name] = _peak(self.device)
 
 
-def one_iteration(runner: Runner, iteration: int) -> dict:
-    """One training iteration from the runner's own pieces (as Runner.train_iteration runs them)."""
-    record: dict = {"seconds": {}, "peak_bytes": {}}
-    prompts = runner.prompts_for(iteration)
-    plan = runner.schedule.plan(iteration, runner.sampler.num_steps, runner.generator("schedule", iteration, rank=0))
-    with phase(record, "sample", runner.device):
-        runner.policy.denoiser.eval()
-        rollout = runner.sampler.sample(runner.policy, runner.kernel, prompts, plan,
-                                        runner.generator("sample", iteration))
-    with phase(record, "reward", runner.device):
-        rewards = runner.score(rollout.images, rollout.leaf_prompts).to(runner.device)
-    with phase(record, "advantage", runner.device):
-        advantages = runner.advantage(rollout, rewards)
-    with phase(record, "update", runner.device):
-        stats = runner.update(rollout, advantages, iteration)
-    record.update(nfe_sample=rollout.nfe, nfe_update=stats["nfe"], leaves=int(rollout.leaf_nodes.numel()),
-                  edges=int((rollout.parent >= 0).sum()), loss=stats.get("losses/loss"))
-    return record
+def one_iteration(runner: MeasuredRunner, iteration: int) -> dict:
+    """One training iteration (``Runner.train_iteration`` itself): seconds and peak memory per phase."""
+    metrics = runner.train_iteration(iteration)
+    return {"seconds": {p: metrics[f"time/{p}"] for p in PHASES}, "peak_bytes": dict(runner.peaks),
+            "nfe_sample": metrics["rollout/nfe"], "nfe_update": metrics["update/nfe"],
+            "leaves": metrics["rollout/leaves"], "edges": metrics["rollout/edges"],
+            "loss": metrics.get("losses/loss")}
 
 
 def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) -> Config:
@@ -286,7 +274,7 @@ def run_mode(args: argparse.Namespace, mode: str, model_path: Path | None, work_
     """Build a Runner for ``mode``, run warm-up + measured iterations; medians and peaks."""
     device, mib = torch.device(args.device), 1024**2
     in_use = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes("VmRSS")
-    runner = Runner(make_config(args, mode, model_path), work_dir / mode)
+    runner = MeasuredRunner(make_config(args, mode, model_path), work_dir / mode)
     denoiser = runner.policy.unwrapped_denoiser()
     info = {"latent_shape": list(runner.policy.latent_shape),
             "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),

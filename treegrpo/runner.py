@@ -22,7 +22,7 @@ from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, R
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards
 from .update import edge_log_probs, plan_micro_batches
-from .utils import PURPOSES, derive_seed, make_generator, timer
+from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
                  "train_dataset", "optimizer", "max_iters", "prompts_per_iter")
@@ -157,17 +157,18 @@ class Runner:
         prompts = self.prompts_for(iteration)
         plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
 
-        with timer(times, "sample", self.device):
+        with self.phase(times, "sample"):
             self.policy.denoiser.eval()
             rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan,
                                           self.generator("sample", iteration))
-        with timer(times, "reward", self.device):
+        with self.phase(times, "reward"):
             rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
             all_rewards = self.accelerator.gather(rewards).float().cpu()
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
-        advantages = self.advantage(rollout, rewards)
-        with timer(times, "update", self.device):
+        with self.phase(times, "advantage"):
+            advantages = self.advantage(rollout, rewards)
+        with self.phase(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)
 
         edges = int((rollout.parent >= 0).sum()) * self.world_size
@@ -195,6 +196,11 @@ class Runner:
             **{f"time/{key}": value for key, value in times.items()},
             **{f"charts/{key}": value for key, value in self.counters.items()},
         }
+
+    def phase(self, times: dict[str, float], name: str):
+        """Context that charges a phase of the iteration (sample, reward, advantage, update) to
+        ``times[name]``; tools/bench_rollout.py extends it with peak memory."""
+        return timer(times, name, self.device)
 
     # ------------------------------------------------------------------ pieces of an iteration
     def prompts_for(self, iteration: int) -> list[str]:

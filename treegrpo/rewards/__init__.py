@@ -22,6 +22,10 @@ __all__ = [
     "WeightedSum",
     "check_images",
     "check_rewards",
+    "clip_family",
+    "combine",
+    "http",
+    "image_reward",
     "image_stats",
     "toy",
 ]

@@ -33,7 +33,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any
 
 import numpy as np
 import torch
