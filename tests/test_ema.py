@@ -20,7 +20,7 @@ def test_ema_update_and_warmup_by_hand():
         EMAHook(decay=1.0)
 
 
-EMA = ("hooks = [dict(type='LoggerHook'), dict(type='EMAHook', decay=0.5, warmup=False),\n"
+EMA = ("hooks = [dict(type='LoggerHook'), dict(type='EMAHook', decay=0.5, warmup=False, device='cpu'),\n"
        "         dict(type='EvalHook', interval=2, num_prompts=2, dataset=dict(type='PromptList', prompts=['a cat', 'a dog'])),\n"
        "         dict(type='CheckpointHook', interval=2, max_keep=0)]\n")
 

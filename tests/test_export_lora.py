@@ -245,3 +245,25 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(KeyError, match="names no known module"):
         from_comfyui(comfy, "sd3", ["x.y"])
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_export_of_the_ema_weights(tmp_path, tiny):
+    policy = dict(type="SD3Policy", model_path=str(tiny["sd3"]), resolution=32, lora=dict(r=4, alpha=8))
+    config = write_run_config(tmp_path / "ema.py", policy, SD3["kernel"], max_iters=2,
+                              hooks=[dict(type="EMAHook", decay=0.5, warmup=False),
+                                     dict(type="CheckpointHook", interval=2)])
+    runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_2"
+    ema, info = load_checkpoint_lora(ckpt, source="ema")
+    live, _ = load_checkpoint_lora(ckpt, source="peft")
+    assert info["source"].endswith("ema.safetensors") and set(ema) == set(live)
+    for name, module in ema.items():
+        assert module.alpha == 8.0  # from the run's config, as for model.safetensors
+        torch.testing.assert_close(module.up, runner.ema.shadow[f"{name}.lora_B.default.weight"])
+    assert any(not torch.equal(ema[n].up, live[n].up) for n in ema)  # an average, not the last weights
+    out = export_main([str(ckpt), "--out", str(tmp_path / "ema_comfy.safetensors"), "--source", "ema"])
+    assert (tmp_path / "ema_comfy.safetensors").is_file() and out is not None
+    without = tmp_path / "run_plain"
+    train_main([str(write_run_config(tmp_path / "plain.py", policy, SD3["kernel"])), "--work-dir", str(without)])
+    with pytest.raises(FileNotFoundError, match="ema.safetensors does not exist: the run had no EMAHook"):
+        load_checkpoint_lora(without / "checkpoints" / "iter_1", source="ema")

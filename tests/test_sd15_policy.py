@@ -99,6 +99,8 @@ def test_sd15_full_fine_tune_exports_a_diffusers_unet(tiny_sd15, tmp_path):
 
     runner, ckpt = _train_tiny_sd15(tiny_sd15, tmp_path, None, "full")
     assert not (ckpt / "lora").exists() and (ckpt / "unet" / "config.json").is_file()
+    weights = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_ino == (ckpt / "model.safetensors").stat().st_ino  # a hard link, no copy
     exported = UNet2DConditionModel.from_pretrained(ckpt / "unet")
     base = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
     args, kwargs = _unet_args(runner.policy)
@@ -125,3 +127,20 @@ def test_v_prediction_unet_needs_a_v_prediction_kernel(tiny_sd15, tmp_path):
     rollout = TreeSampler(num_steps=3).sample(policy, kernel, ["a cat"], BranchPlan(0, 2, 2),
                                               torch.Generator().manual_seed(0))
     assert rollout.images.shape == (4, 3, 32, 32) and torch.isfinite(rollout.log_prob[1:]).all()
+
+
+def test_full_export_copies_when_the_checkpoint_is_not_the_whole_model(tiny_sd15, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from treegrpo.policies.diffusers_common import export_full_model
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+    state = unet.state_dict()
+    first = sorted(state)[0]
+    save_file({first: state[first].contiguous()}, str(tmp_path / "model.safetensors"))  # a subset only
+    target = export_full_model(unet, tmp_path, "unet")
+    weights = target / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_ino != (tmp_path / "model.safetensors").stat().st_ino
+    reloaded = UNet2DConditionModel.from_pretrained(target).state_dict()
+    assert all(torch.equal(reloaded[k], state[k]) for k in state)

@@ -164,3 +164,16 @@ def test_shipped_generator_is_imperfect_but_draws_the_prompt(policy, reward):
     images = policy.sample_images(prompts, num_steps=10, generator=torch.Generator().manual_seed(4))
     score = reward(images, prompts).mean().item()
     assert 0.45 < score < 0.95, f"shipped generator alignment {score:.3f}: retrain tools/pretrain_toy.py"
+
+
+def test_policy_accepts_subclasses_of_its_kernel_and_refuses_others():
+    from treegrpo.kernels import DDIMKernel, FlowMatchingKernel
+    from treegrpo.policies import ToyFlowPolicy
+
+    class MyFlowKernel(FlowMatchingKernel):  # e.g. a plugin's variant
+        pass
+
+    policy = ToyFlowPolicy()
+    policy.check_kernel(MyFlowKernel(eta=0.5))
+    with pytest.raises(ValueError, match="needs kernel type 'FlowMatchingKernel'.*'DDIMKernel'"):
+        policy.check_kernel(DDIMKernel(eta=1.0))

@@ -3,7 +3,7 @@
     python tools/eval.py configs/treegrpo_toy_shapes.py --checkpoint work_dirs/<cfg>/<stamp> \
         --prompts data/toy_eval_prompts.txt --rewards reward,JPEGCompressibility --out eval_out
     python tools/eval.py configs/treegrpo_sd3_hps.py --prompts FILE --rewards hps,image_reward \
-        --num-steps 28 --guidance-scale 4.5 --batch-size 8 --seed 0 --device cuda
+        --num-steps 28 --guidance-scale 4.5 --batch-size 8 --seed 0
 
 One image per prompt, sampled with the ODE from noise seeded per prompt (``seed``, prompt index),
 so an image and its scores do not depend on ``--batch-size`` or on the other prompts of the file.
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, help="CFG scale (default: the config's sampler)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward / reward call")
     parser.add_argument("--grid-size", type=int, default=64, help="images in grid.png (first N)")
-    parser.add_argument("--device", help="where the policy runs (default: the config's)")
+    parser.add_argument("--device", help="where the policy runs (default: cuda when available, else cpu)")
     parser.add_argument("--baseline", help="metrics.json (or its folder) of the untuned model: adds the "
                         "paper's normalised reward (r - r_base) / (r_max - r_base) for HPSv2, "
                         "ImageReward, Aesthetic and CLIPScore")
@@ -194,7 +194,8 @@ def main(argv=None) -> dict:
             print(f"warning: reward {name!r} normalises over the batch: its scores depend on "
                   f"--batch-size and on the other prompts", file=sys.stderr)
 
-    policy, kernel = load_policy(cfg, args.checkpoint, args.device, ema=args.ema)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy, kernel = load_policy(cfg, args.checkpoint, device, ema=args.ema)
     sampler = cfg.get("sampler") or {}
     num_steps = args.num_steps or sampler.get("num_steps")
     if num_steps is None:

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from treegrpo.checkpoint import list_checkpoints  # noqa: E402
-from treegrpo.lora_export import (FAMILIES, check_family, detect_family, load_checkpoint_lora,  # noqa: E402
+from treegrpo.lora_export import (FAMILIES, LORA_SOURCES, check_family, detect_family, load_checkpoint_lora,  # noqa: E402
                                   to_comfyui, unsupported_modules, write_safetensors)
 from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
 
@@ -30,8 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="the .safetensors file to write")
     parser.add_argument("--family", help=f"one of {sorted(FAMILIES)} (default: from the run's config / the keys)")
     parser.add_argument("--dtype", help="cast lora_down/lora_up to float32 | bfloat16 | float16 (default: as stored)")
-    parser.add_argument("--source", default="auto", choices=["auto", "diffusers", "peft"],
-                        help="read lora/pytorch_lora_weights.safetensors (diffusers) or model.safetensors (peft)")
+    parser.add_argument("--source", default="auto", choices=list(LORA_SOURCES),
+                        help="read lora/pytorch_lora_weights.safetensors (diffusers), model.safetensors "
+                        "(peft) or the EMA weights ema.safetensors (ema; runs with an EMAHook)")
     parser.add_argument("--alpha", type=float, help="override the LoRA alpha (scale = alpha / rank)")
     return parser.parse_args(argv)
 

@@ -329,17 +329,22 @@ def write_safetensors(path: str | Path, state: dict[str, torch.Tensor], metadata
     return path
 
 
+LORA_SOURCES = ("auto", "diffusers", "peft", "ema")
+
+
 def load_checkpoint_lora(checkpoint: str | Path, source: str = "auto",
                          alpha: float | None = None) -> tuple[dict[str, LoraModule], dict]:
     """Read the LoRA of one ``checkpoints/iter_<n>`` folder.
 
     ``source``: 'diffusers' (``lora/pytorch_lora_weights.safetensors``), 'peft'
-    (``model.safetensors`` + alpha from ``alpha`` or the run's ``config.py``) or 'auto' (diffusers
-    when present). Returns ({M: LoraModule}, info with 'source', 'prefix', 'policy_type')."""
-    if source not in ("auto", "diffusers", "peft"):
-        raise ValueError(f"source must be one of ['auto', 'diffusers', 'peft'], got source={source!r}")
+    (``model.safetensors`` + alpha from ``alpha`` or the run's ``config.py``), 'ema' (the EMA
+    weights ``ema.safetensors`` of an EMAHook run, same names and alpha as 'peft') or 'auto'
+    (diffusers when present). Returns ({M: LoraModule}, info with 'source', 'prefix', 'policy_type')."""
+    if source not in LORA_SOURCES:
+        raise ValueError(f"source must be one of {list(LORA_SOURCES)}, got source={source!r}")
     ckpt = Path(checkpoint)
-    lora_file, model_file = ckpt / "lora" / DIFFUSERS_FILE, ckpt / "model.safetensors"
+    lora_file = ckpt / "lora" / DIFFUSERS_FILE
+    model_file = ckpt / ("ema.safetensors" if source == "ema" else "model.safetensors")
     lora_cfg, policy_type = _run_lora_config(ckpt)
     info = {"checkpoint": str(ckpt), "policy_type": policy_type, "prefix": None}
     if source == "diffusers" or (source == "auto" and lora_file.is_file()):
@@ -352,8 +357,9 @@ def load_checkpoint_lora(checkpoint: str | Path, source: str = "auto",
             modules = {n: LoraModule(m.down, m.up, float(alpha)) for n, m in modules.items()}
         return modules, info
     if not model_file.is_file():
-        raise FileNotFoundError(f"{model_file} does not exist: pass a checkpoints/iter_<n> folder or a run "
-                                "folder that contains checkpoints/")
+        hint = ("the run had no EMAHook" if source == "ema" else
+                "pass a checkpoints/iter_<n> folder or a run folder that contains checkpoints/")
+        raise FileNotFoundError(f"{model_file} does not exist: {hint}")
     if alpha is None and lora_cfg is not None:
         alpha = lora_cfg.get("alpha")  # None: alpha = r, as treegrpo's make_trainable does
     info["source"] = str(model_file)

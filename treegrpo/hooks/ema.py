@@ -19,7 +19,8 @@ EMA_FILE = "ema.safetensors"
 def ema_update_(shadow: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
     """In place: ``shadow[n] = decay * shadow[n] + (1 - decay) * params[n]`` for every name."""
     for name, value in params.items():
-        shadow[name].mul_(decay).add_(value.detach().to(shadow[name].dtype), alpha=1.0 - decay)
+        target = shadow[name]
+        target.mul_(decay).add_(value.detach().to(target.device, target.dtype), alpha=1.0 - decay)
 
 
 def warmup_decay(decay: float, updates: int) -> float:
@@ -36,6 +37,8 @@ class EMAHook(Hook):
         decay: EMA decay per iteration (0.99 ~ a 100-iteration horizon).
         warmup: use :func:`warmup_decay` for the first updates.
         eval_with_ema: EvalHook evaluates with the EMA weights swapped in.
+        device: where the float32 EMA lives (None: beside the weights; 'cpu' keeps a full
+            fine-tune's EMA, twice the size of bf16 weights, off the GPU at a copy per iteration).
 
     Checkpoints get ``ema.safetensors`` (same tensor names as ``model.safetensors``), which resume
     restores and ``load_policy(..., ema=True)`` / ``tools/eval.py --ema`` load.
@@ -43,10 +46,12 @@ class EMAHook(Hook):
 
     priority = 30  # after the update, before EvalHook (40) and CheckpointHook (90)
 
-    def __init__(self, decay: float = 0.99, warmup: bool = True, eval_with_ema: bool = True) -> None:
+    def __init__(self, decay: float = 0.99, warmup: bool = True, eval_with_ema: bool = True,
+                 device: str | None = None) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMAHook decay must be in (0, 1), got {decay}")
         self.decay, self.warmup, self.eval_with_ema = decay, warmup, eval_with_ema
+        self.device = None if device is None else torch.device(device)
         self.shadow: dict[str, torch.Tensor] | None = None
         self.updates = 0
 
@@ -56,7 +61,8 @@ class EMAHook(Hook):
 
     def before_run(self, runner) -> None:
         if self.shadow is None:
-            self.shadow = {n: p.detach().float().clone() for n, p in self._params(runner).items()}
+            self.shadow = {n: p.detach().to(self.device or p.device, torch.float32, copy=True)
+                           for n, p in self._params(runner).items()}
         runner.ema = self
 
     def after_iter(self, runner, metrics: dict) -> None:
@@ -79,14 +85,15 @@ class EMAHook(Hook):
 
         with safe_open(str(path), framework="pt") as file:
             self.updates = int((file.metadata() or {}).get("updates", 0))
-        device = next(iter(self._params(runner).values())).device
+        device = self.device or next(iter(self._params(runner).values())).device
         self.shadow = {n: t.float().to(device) for n, t in load_file(str(path)).items()}
 
     @contextlib.contextmanager
     def applied(self, runner) -> Iterator[None]:
-        """Within this context the trainable tensors hold the EMA values (restored after)."""
+        """Within this context the trainable tensors hold the EMA values (restored after; the
+        live weights wait on the CPU meanwhile)."""
         params = self._params(runner)
-        saved = {n: p.detach().clone() for n, p in params.items()}
+        saved = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(self.shadow[name])

@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..registry import KERNELS
+
 
 class Policy(nn.Module, abc.ABC):
     """Base class: a text-conditional denoiser plus everything needed to use it.
@@ -32,8 +34,9 @@ class Policy(nn.Module, abc.ABC):
 
     def check_kernel(self, kernel) -> None:
         """Raise ValueError when ``kernel`` cannot interpret this policy's model outputs (e.g. a
-        DDIM kernel on a flow model, or an epsilon kernel on a v-prediction UNet)."""
-        if self.kernel_type is not None and type(kernel).__name__ != self.kernel_type:
+        DDIM kernel on a flow model, or an epsilon kernel on a v-prediction UNet). Subclasses of the
+        needed kernel (e.g. a plugin's variant of FlowMatchingKernel) are accepted."""
+        if self.kernel_type is not None and not isinstance(kernel, KERNELS.get(self.kernel_type)):
             raise ValueError(
                 f"{type(self).__name__} needs kernel type {self.kernel_type!r}, the config has "
                 f"{type(kernel).__name__!r}: set kernel = dict(type='{self.kernel_type}', ...)"

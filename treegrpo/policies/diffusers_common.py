@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from .base import Policy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}  # safetensors names
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -85,6 +87,30 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
         denoiser.compile(**({} if compile_denoiser is True else dict(compile_denoiser)))
 
 
+def export_full_model(model, directory: Path, component: str) -> Path:
+    """Write ``directory/<component>/`` as a diffusers model folder: ``config.json`` plus the
+    weights, hard-linked from ``directory/model.safetensors`` when that file holds exactly the
+    model's state dict (names and dtypes), else saved with ``save_pretrained``."""
+    target = directory / component
+    checkpoint = directory / "model.safetensors"
+    state = model.state_dict()
+    if checkpoint.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint), framework="pt") as file:
+            same = set(file.keys()) == set(state) and all(
+                file.get_slice(name).get_dtype() == DTYPE_NAMES.get(state[name].dtype) for name in state)
+        if same:
+            model.save_config(target)
+            try:
+                os.link(checkpoint, target / "diffusion_pytorch_model.safetensors")
+                return target
+            except OSError:  # a filesystem without hard links: write a copy below
+                pass
+    model.save_pretrained(target, safe_serialization=True)
+    return target
+
+
 class DiffusersPolicy(Policy):
     """Shared behaviour of the diffusers policies: device, cached prompt encoding, CFG null prompt.
 
@@ -120,10 +146,12 @@ class DiffusersPolicy(Policy):
           the metadata), so a stock pipeline loads it with ``pipe.load_lora_weights(directory/'lora')``;
         - full fine-tuning: ``<component>/`` (``config.json`` + safetensors), loadable with
           ``<ModelClass>.from_pretrained(directory/'<component>')`` or as the pipeline's component.
+          When the checkpoint's ``model.safetensors`` already holds exactly the model's state dict,
+          the component's weight file is a hard link to it (no second copy on disk).
         """
         model = self.unwrapped_denoiser()
         if not getattr(model, "_hf_peft_config_loaded", False):
-            model.save_pretrained(Path(directory) / self.component, safe_serialization=True)
+            export_full_model(model, Path(directory), self.component)
             return
         from peft.utils import get_peft_model_state_dict
 
