@@ -237,3 +237,40 @@ def test_estimator_errors():
         TreeBackup()(rollout, t([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="rewards must be a float tensor"):
         TreeBackup()(rollout, long([1, 2, 3, 4]))
+
+
+def test_prompt_stat_tracker_by_hand():
+    from treegrpo.advantages.stat_tracking import PromptStatTracker
+
+    tracker = PromptStatTracker(buffer_size=4, min_count=3, eps=0.0)
+    # first call: 'a' has 2 values (< min_count): its own group's statistics; 'b' all equal: 0
+    adv = tracker.normalize(["a", "a", "b"], torch.tensor([1.0, 3.0, 5.0]))
+    torch.testing.assert_close(adv, torch.tensor([-1.0, 1.0, 0.0]))
+    # second call: 'a' history [1, 3, 5, 7] (>= 3): mean 4, population std sqrt(5)
+    adv = tracker.normalize(["a", "a"], torch.tensor([5.0, 7.0]))
+    torch.testing.assert_close(adv, torch.tensor([1.0, 3.0]) / 5 ** 0.5)
+    # buffer_size 4: the oldest value (1) drops out -> history [3, 5, 7, 9], mean 6, std sqrt(5)
+    adv = tracker.normalize(["a"], torch.tensor([9.0]))
+    torch.testing.assert_close(adv, torch.tensor([3.0]) / 5 ** 0.5)
+    restored = PromptStatTracker(buffer_size=4, min_count=3, eps=0.0)
+    restored.load_state_dict(tracker.state_dict())
+    assert {k: list(v) for k, v in restored.history.items()} == {"a": [3.0, 5.0, 7.0, 9.0], "b": [5.0]}
+    with pytest.raises(ValueError, match="min_count <= buffer_size"):
+        PromptStatTracker(buffer_size=2, min_count=3)
+
+
+def test_estimators_with_stat_tracking_use_prompt_history():
+    from types import SimpleNamespace
+
+    chains = SimpleNamespace(  # two flat chains of one prompt: node 0 -> 1, node 2 -> 3
+        parent=torch.tensor([-1, 0, -1, 2]), log_prob=torch.zeros(4),
+        leaf_nodes=torch.tensor([1, 3]), leaf_prompt_index=torch.tensor([0, 0]), leaf_prompts=["p", "p"])
+    tracked = GroupNorm(eps=0.0, stat_tracking=dict(buffer_size=8, min_count=4))
+    tracked(chains, torch.tensor([0.0, 2.0]))                   # history [0, 2]: own group
+    adv = tracked(chains, torch.tensor([4.0, 4.0]))             # history [0, 2, 4, 4]: mean 2.5
+    std = torch.tensor([0.0, 2.0, 4.0, 4.0]).std(correction=0)
+    torch.testing.assert_close(adv.leaf, torch.full((2,), 1.5) / std)
+    assert adv.zero_std_groups == 1  # this iteration's rewards were all equal
+    torch.testing.assert_close(adv.node, adv.leaf[torch.tensor([0, 0, 1, 1])])
+    with pytest.raises(ValueError, match="stat_tracking and global_std"):
+        TreeBackup(global_std=True, stat_tracking=dict(buffer_size=8, min_count=4))

@@ -290,3 +290,16 @@ def test_weighted_sum_loads_its_parts_at_start_up(tmp_path):
              "    dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')])\n")
     with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
         train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
+
+
+def test_prompt_stat_tracking_resumes_bit_identically(tmp_path):
+    extra = "advantage = dict(type='TreeBackup', stat_tracking=dict(buffer_size=16, min_count=4))\n"
+    straight = train_main([write_config(tmp_path, iters=4, extra=extra), "--work-dir", str(tmp_path / "a")])
+    train_main([write_config(tmp_path, name="b.py", iters=2, extra=extra), "--work-dir", str(tmp_path / "b")])
+    resumed = train_main([write_config(tmp_path, name="b.py", iters=4, extra=extra), "--work-dir",
+                          str(tmp_path / "b"), "--resume", "auto"])
+    history = straight.advantage.tracker.history
+    assert history and {k: list(v) for k, v in resumed.advantage.tracker.history.items()} == \
+        {k: list(v) for k, v in history.items()}
+    a, b = straight.policy.trainable_state_dict(), resumed.policy.trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

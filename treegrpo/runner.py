@@ -314,6 +314,7 @@ class Runner:
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
             }
             meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
                     "config": self.cfg.filename,
@@ -336,6 +337,8 @@ class Runner:
         self.optimizer.load_state_dict(training_state["optimizer"])
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         torch.set_rng_state(training_state["torch_rng"])
+        if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
+            self.advantage.load_state_dict(training_state.get("advantage", {}))
         if meta.get("seed") != self.seed or meta.get("world_size") != self.world_size:
             warnings.warn(
                 f"resuming a checkpoint made with seed={meta.get('seed')}, "

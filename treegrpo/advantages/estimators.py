@@ -19,6 +19,7 @@ from treegrpo.advantages.functional import (
     group_normalize,
     leaf_of_nodes,
 )
+from treegrpo.advantages.stat_tracking import PromptStatTracker
 from treegrpo.registry import ADVANTAGES
 
 
@@ -48,54 +49,74 @@ def _check_common(eps: float, global_std: bool) -> None:
         raise ValueError(f"global_std must be True or False, got {global_std!r}")
 
 
+class _LeafNormalizer:
+    """Leaf-reward normalisation shared by the estimators: within each prompt's group, or (with
+    ``stat_tracking=dict(buffer_size, min_count)``) with the prompt's reward history across
+    iterations (:class:`PromptStatTracker`; its state goes into checkpoints)."""
+
+    def __init__(self, eps: float, global_std: bool, stat_tracking: dict | None) -> None:
+        _check_common(eps, global_std)
+        if stat_tracking is not None and global_std:
+            raise ValueError("stat_tracking and global_std=True do not combine: choose one")
+        self.eps, self.global_std = eps, global_std
+        self.tracker = None if stat_tracking is None else PromptStatTracker(eps=eps, **stat_tracking)
+
+    def normalize_leaves(self, rollout: Any, rewards: Tensor) -> tuple[Tensor, int]:
+        """rewards [L] -> (leaf advantages [L], groups whose current rewards are all equal)."""
+        leaf_adv, zero_std = group_normalize(rewards, rollout.leaf_prompt_index, self.eps, self.global_std)
+        if self.tracker is not None:
+            leaf_adv = self.tracker.normalize(rollout.leaf_prompts, rewards)
+        return leaf_adv, zero_std
+
+    def state_dict(self) -> dict:
+        return {} if self.tracker is None else self.tracker.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.tracker is not None and state:
+            self.tracker.load_state_dict(state)
+
+
 @ADVANTAGES.register_module()
-class GroupNorm:
+class GroupNorm(_LeafNormalizer):
     """Flat GRPO: every edge of a trajectory gets its leaf's group-normalised advantage.
 
     Needs chain rollouts (one leaf below every node); raises ValueError on trees.
     """
 
-    def __init__(self, eps: float = 1e-6, global_std: bool = False) -> None:
-        _check_common(eps, global_std)
-        self.eps = eps
-        self.global_std = global_std
+    def __init__(self, eps: float = 1e-6, global_std: bool = False, stat_tracking: dict | None = None) -> None:
+        super().__init__(eps, global_std, stat_tracking)
 
     def __call__(self, rollout: Any, rewards: Tensor) -> Advantages:
         """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups)."""
         _check_rewards(rollout, rewards)
         leaf_of = leaf_of_nodes(rollout.parent, rollout.leaf_nodes)
-        leaf_adv, zero_std = group_normalize(
-            rewards, rollout.leaf_prompt_index, self.eps, self.global_std
-        )
+        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards)
         return Advantages(node=leaf_adv[leaf_of], leaf=leaf_adv, zero_std_groups=zero_std)
 
 
 @ADVANTAGES.register_module()
-class TreeBackup:
+class TreeBackup(_LeafNormalizer):
     """TreeGRPO: group-normalised leaf advantages backed up the tree.
 
     ``weighting='mean'`` averages the children uniformly; ``'prob'`` weights them by a softmax of
     their edge log-probs (the paper's probability-weighted backup).
     """
 
-    def __init__(self, weighting: str = "mean", eps: float = 1e-6, global_std: bool = False) -> None:
+    def __init__(self, weighting: str = "mean", eps: float = 1e-6, global_std: bool = False,
+                 stat_tracking: dict | None = None) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        _check_common(eps, global_std)
+        super().__init__(eps, global_std, stat_tracking)
         self.weighting = weighting
-        self.eps = eps
-        self.global_std = global_std
 
     def __call__(self, rollout: Any, rewards: Tensor) -> Advantages:
         """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups)."""
         _check_rewards(rollout, rewards)
-        leaf_adv, zero_std = group_normalize(
-            rewards, rollout.leaf_prompt_index, self.eps, self.global_std
-        )
+        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards)
         node_adv = backup_tree_advantages(
             rollout.parent, rollout.leaf_nodes, leaf_adv, rollout.log_prob, self.weighting
         )
         return Advantages(node=node_adv, leaf=leaf_adv, zero_std_groups=zero_std)
 
 
-__all__ = ["Advantages", "GroupNorm", "TreeBackup"]
+__all__ = ["Advantages", "GroupNorm", "PromptStatTracker", "TreeBackup"]
