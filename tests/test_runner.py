@@ -303,3 +303,37 @@ def test_prompt_stat_tracking_resumes_bit_identically(tmp_path):
         {k: list(v) for k, v in history.items()}
     a, b = straight.policy.trainable_state_dict(), resumed.policy.trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_wandb_gets_the_config_and_every_scalar(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    class FakeRun:
+        def log(self, values, step):
+            calls.append(("log", step, values))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    extra = "wandb = dict(project='treegrpo-tests', name='tiny')\n"
+    train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
+    init = calls[0][1]
+    assert (init["project"], init["name"], init["dir"]) == ("treegrpo-tests", "tiny", str(tmp_path / "run"))
+    assert init["config"]["sampler"]["type"] == "TreeSampler"
+    logs = [c for c in calls if c[0] == "log"]
+    assert [c[1] for c in logs] == [1, 2] and calls[-1] == ("finish",)
+    assert logs[0][2]["reward/mean"] == read_log(tmp_path / "run")[0]["reward/mean"]
+
+
+def test_wandb_without_the_package_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(ImportError, match="pip install wandb"):
+        train_main([write_config(tmp_path, extra="wandb = dict(project='x')\n"), "--work-dir", str(tmp_path / "r")])

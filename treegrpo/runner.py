@@ -291,9 +291,11 @@ class Runner:
             getattr(hook, event)(self, *args)
 
     def open_writer(self) -> None:
-        """``log.jsonl`` (+ tensorboard unless ``tensorboard = False``) in the work dir, main only."""
+        """``log.jsonl`` (+ tensorboard unless ``tensorboard = False``, + wandb with a ``wandb``
+        dict in the config) in the work dir, main process only."""
         if self.is_main and self.writer is None:
-            self.writer = MetricWriter(self.work_dir, self.cfg.get("tensorboard", True))
+            self.writer = MetricWriter(self.work_dir, self.cfg.get("tensorboard", True),
+                                       wandb=self.cfg.get("wandb"), run_config=self.cfg.to_dict())
 
     def close_writer(self) -> None:
         if self.writer is not None:

@@ -1,4 +1,4 @@
-"""Metric logging to ``log.jsonl`` and tensorboard (main process only)."""
+"""Metric logging to ``log.jsonl``, tensorboard and optionally Weights & Biases (main process only)."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,23 @@ from ..registry import HOOKS
 from .base import Hook
 
 
-class MetricWriter:
-    """Appends one JSON object per call to ``<work_dir>/log.jsonl`` and mirrors scalars to
-    tensorboard under ``<work_dir>/tensorboard``."""
+def start_wandb(work_dir: Path, options: dict, run_config: dict | None):
+    """``wandb.init(dir=work_dir, config=run_config, **options)``; a clear error without wandb."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("the config sets `wandb = dict(...)` but wandb is not installed: "
+                          "pip install wandb (or remove the wandb key)") from None
+    return wandb.init(dir=str(work_dir), config=run_config, **options)
 
-    def __init__(self, work_dir: str | Path, tensorboard: bool = True):
+
+class MetricWriter:
+    """Appends one JSON object per call to ``<work_dir>/log.jsonl`` and mirrors the finite scalars
+    to tensorboard (``<work_dir>/tensorboard``) and, when ``wandb`` options are given (the config's
+    ``wandb = dict(project=..., name=..., ...)``, passed to ``wandb.init``), to Weights & Biases."""
+
+    def __init__(self, work_dir: str | Path, tensorboard: bool = True, wandb: dict | None = None,
+                 run_config: dict | None = None):
         self.path = Path(work_dir) / "log.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
@@ -22,20 +34,25 @@ class MetricWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(work_dir) / "tensorboard"))
+        self._wandb = None if wandb is None else start_wandb(Path(work_dir), dict(wandb), run_config)
 
     def write(self, step: int, metrics: dict) -> None:
         record = {"iter": step, **metrics}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 @HOOKS.register_module()
