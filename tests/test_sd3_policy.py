@@ -172,3 +172,19 @@ def test_compiled_denoiser_keeps_names_and_outputs(tiny_sd3):
                                    plain.model_output(latents, level, cond))
     with pytest.raises(ValueError, match="compile_denoiser must be a bool or a dict"):
         SD3Policy(str(tiny_sd3), resolution=32, compile_denoiser="yes")
+
+
+def test_gradient_checkpointing_keeps_the_lora_gradients(tiny_sd3):
+    """Checkpointed blocks must still send gradients to the adapters (inputs need no grad)."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        policy = SD3Policy(str(tiny_sd3), resolution=32, lora=dict(r=4), gradient_checkpointing=checkpointing)
+        policy.denoiser.train()
+        assert policy.denoiser.is_gradient_checkpointing == checkpointing
+        latents = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(1))
+        policy.model_output(latents, torch.tensor([0.6, 0.6]), policy.encode_prompts(["a", "b"])).pow(2).mean().backward()
+        grads.append({n: p.grad for n, p in policy.denoiser.named_parameters() if "lora_B" in n})
+    assert grads[1] and all(g is not None and g.abs().sum() > 0 for g in grads[1].values())
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad)
