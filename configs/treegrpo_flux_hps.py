@@ -4,18 +4,14 @@
 _base_ = [
     './_base_/models/flux_dev.py',
     './_base_/rewards/hps_v21.py',
-    './_base_/rewards/eval_paper.py',
     './_base_/samplers/tree.py',
     './_base_/schedules/random_window.py',
-    './_base_/default_runtime.py',
+    './_base_/gpu_runtime.py',
 ]
 
-mixed_precision = 'bf16'
-train_dataset = dict(type='PromptFile', path='data/prompts.txt')
 sampler = dict(num_steps=16, guidance_scale=1.0, chunk_size=16)
 schedule = dict(depth=3, k=2, start_range=(0, 6))
 loss = dict(clip_range=1e-4, beta=0.0)
 optimizer = dict(lr=1e-5)
-update = dict(micro_batch_size=8, per_step_batches=True)
-max_iters = 300
+update = dict(micro_batch_size=8)
 prompts_per_iter = 4

@@ -4,19 +4,15 @@
 _base_ = [
     './_base_/models/sd15.py',
     './_base_/rewards/aesthetic.py',
-    './_base_/rewards/eval_paper.py',
     './_base_/samplers/tree.py',
     './_base_/schedules/random_window.py',
-    './_base_/default_runtime.py',
+    './_base_/gpu_runtime.py',
 ]
 
-mixed_precision = 'bf16'
-train_dataset = dict(type='PromptFile', path='data/prompts.txt')
 # DDPO: 50 DDIM steps, CFG 5; 20 steps keep the tree's shared prefix and suffixes cheap.
 sampler = dict(num_steps=20, guidance_scale=5.0, chunk_size=32)
 schedule = dict(depth=3, k=2, start_range=(0, 8))
 loss = dict(clip_range=1e-4, beta=0.0)
 optimizer = dict(lr=3e-4)
-update = dict(micro_batch_size=16, per_step_batches=True)
-max_iters = 300
+update = dict(micro_batch_size=16)
 prompts_per_iter = 8

@@ -7,23 +7,17 @@
 _base_ = [
     './_base_/models/sd35_medium.py',
     './_base_/rewards/hps_v21.py',
-    './_base_/rewards/eval_paper.py',
     './_base_/samplers/tree.py',
     './_base_/schedules/random_window.py',
-    './_base_/default_runtime.py',
+    './_base_/gpu_runtime.py',
 ]
 
-mixed_precision = 'bf16'
-# Replace with the HPDv2 training prompts (one per line) for a real run.
-train_dataset = dict(type='PromptFile', path='data/prompts.txt')
 sampler = dict(num_steps=10, guidance_scale=4.5, chunk_size=32)
 # Binary trees of depth 3: 8 leaves per prompt, 7 parent forwards in the update.
 schedule = dict(depth=3, k=2, start_range=(0, 4))
 loss = dict(clip_range=1e-4, beta=0.04)
 optimizer = dict(lr=3e-4)
-# per_step_batches: the update recomputes with the sampler's own batches (exact first ratio on GPUs).
-update = dict(micro_batch_size=16, per_step_batches=True)
-max_iters = 300
+update = dict(micro_batch_size=16)
 prompts_per_iter = 8
 
 hooks = [

@@ -47,15 +47,17 @@ def byte_level_clip_tokenizer(max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
-def tiny_clip_text_encoder(vocab_size: int, hidden: int, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+def tiny_clip_text_encoder(vocab_size: int, hidden: int, seed: int, projection: bool = True):
+    """A 2-layer CLIP text encoder over the byte-level vocabulary (with a text projection, as SD3's
+    encoders, or without, as SD1.x's and FLUX's CLIP)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
                             projection_dim=hidden, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
                             pad_token_id=vocab_size - 1)
-    return CLIPTextModelWithProjection(config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def tiny_sd3_pipeline(seed: int = 0):
@@ -93,15 +95,10 @@ def tiny_sd15_pipeline(seed: int = 0):
     """A StableDiffusionPipeline (SD1.x layout) with random weights: a tiny CLIP text encoder,
     a 2-level UNet2DConditionModel, a 4-channel VAE and a DDIM scheduler; no safety checker."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = byte_level_clip_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
-        eos_token_id=vocab - 1, pad_token_id=vocab - 1)).eval()
+    text_encoder = tiny_clip_text_encoder(vocab, 32, seed, projection=False)
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
@@ -149,15 +146,11 @@ def tiny_flux_pipeline(seed: int = 0):
     and 1 single-stream block and a guidance embedding, a 2-block VAE with 16 latent channels
     (FLUX's scaling/shift factors) and FLUX's dynamically shifted flow-matching scheduler."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     tokenizer = byte_level_clip_tokenizer()
     vocab = len(tokenizer)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
-        eos_token_id=vocab - 1, pad_token_id=vocab - 1)).eval()
+    text_encoder = tiny_clip_text_encoder(vocab, 32, seed, projection=False)
     tokenizer_2 = unigram_t5_tokenizer()
     torch.manual_seed(seed + 1)
     text_encoder_2 = T5EncoderModel(T5Config(
