@@ -1,15 +1,13 @@
-"""CLIP-family rewards: torch preprocessing, open_clip / aesthetic converters, the four rewards
-(tiny random-weight models saved to tmp folders and loaded through the users' path)."""
+"""CLIP-family rewards: open_clip / aesthetic converters and the four rewards (preprocessing:
+test_clip_preprocess.py; tiny random-weight models saved to tmp folders, loaded through the users' path)."""
 from __future__ import annotations
 
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from tools.make_tiny_models import byte_level_clip_tokenizer
@@ -21,8 +19,7 @@ from treegrpo.rewards.clip_convert import (AestheticMLP, aesthetic_mlp_from_stat
                                            open_clip_to_transformers)
 from treegrpo.rewards.clip_family import (Aesthetic, CLIPScore, HPSv2, PickScore, _from_pretrained,
                                           image_embeds, load_clip_model, text_embeds, tokenize)
-from treegrpo.rewards.clip_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, center_crop_offsets,
-                                              clip_preprocess, resized_shape)
+from treegrpo.rewards.clip_preprocess import clip_preprocess
 
 VOCAB, CTX, EMBED = 514, 77, 16  # byte-level tokenizer: 512 bytes + <|startoftext|> + <|endoftext|>
 V_WIDTH, V_HEADS, T_WIDTH, T_HEADS, PATCH, IMAGE = 32, 4, 24, 3, 8, 32
@@ -31,53 +28,6 @@ PROMPTS = ["a red circle", "two cats on a sofa", "", "a very long prompt " * 10,
 
 def rand_images(num: int, height: int = 40, width: int = 48, seed: int = 0) -> torch.Tensor:
     return torch.rand(num, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-# --- preprocessing ----------------------------------------------------------------------------
-
-
-def test_resized_shape_and_crop_offsets_by_hand():
-    assert resized_shape(480, 640, 224) == (224, 298)  # int(224 * 640 / 480) = int(298.67)
-    assert resized_shape(640, 480, 224) == (298, 224)
-    assert resized_shape(224, 224, 224) == (224, 224)
-    assert center_crop_offsets(224, 298, 224, "round") == (0, 37)
-    assert center_crop_offsets(2, 5, 2, "round") == (0, 2)  # round(1.5) = 2 (torchvision)
-    assert center_crop_offsets(2, 5, 2, "floor") == (0, 1)  # 3 // 2 = 1 (CLIPImageProcessor)
-    assert center_crop_offsets(2, 7, 2, "round") == (0, 2)  # round(2.5) = 2 (banker's rounding)
-    with pytest.raises(ValueError, match="crop_rounding"):
-        center_crop_offsets(2, 5, 2, "ceil")
-
-
-def test_preprocess_crop_and_normalisation_by_hand():
-    image = torch.arange(30, dtype=torch.float32).reshape(1, 3, 2, 5) / 30.0  # no resize at size 2
-    for rounding, left in (("round", 2), ("floor", 1)):
-        out = clip_preprocess(image, size=2, crop_rounding=rounding)
-        assert out.shape == (1, 3, 2, 2)
-        for c in range(3):
-            for i in range(2):
-                for j in range(2):
-                    value = (c * 10 + i * 5 + left + j) / 30.0
-                    expected = (value - OPENAI_CLIP_MEAN[c]) / OPENAI_CLIP_STD[c]
-                    assert out[0, c, i, j].item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_preprocess_resize_matches_pil_bicubic_and_keeps_constants():
-    image = rand_images(1, 20, 30, seed=1)
-    out = clip_preprocess(image, size=10)  # resized to 10 x 15, crop columns 2..12 (round(2.5)=2)
-    for c in range(3):
-        pil = Image.fromarray(image[0, c].numpy(), mode="F").resize((15, 10), Image.BICUBIC)
-        ref = np.clip(np.asarray(pil), 0.0, 1.0)[:, 2:12]
-        ref = (ref - OPENAI_CLIP_MEAN[c]) / OPENAI_CLIP_STD[c]
-        np.testing.assert_allclose(out[0, c].numpy(), ref, atol=2e-5)
-    grey = clip_preprocess(torch.full((2, 3, 37, 23), 0.25), size=16)
-    expected = torch.tensor([(0.25 - m) / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
-    torch.testing.assert_close(grey, expected.view(1, 3, 1, 1).expand(2, 3, 16, 16), atol=1e-5, rtol=0)
-
-
-def test_preprocess_is_differentiable():
-    images = rand_images(2, 30, 20).requires_grad_(True)
-    clip_preprocess(images, size=16).square().sum().backward()
-    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
 # --- open_clip layout: random state dict and a direct reference forward -------------------------
@@ -428,15 +378,3 @@ def test_hps_agrees_with_the_official_package():
     ours = HPSv2(checkpoint=checkpoint, clip_path=tokenizer)(images, prompts)
     official = HPSv2(checkpoint=checkpoint, backend="official")(images, prompts)
     assert (ours - official).abs().max().item() < 1e-3
-
-
-def test_clamp_flag_keeps_bicubic_overshoot():
-    from treegrpo.rewards.clip_preprocess import clip_preprocess
-
-    edge = torch.zeros(1, 3, 40, 40)
-    edge[..., 20:] = 1.0  # a hard edge: bicubic over- and undershoots next to it
-    clamped = clip_preprocess(edge, 16, mean=(0.0,) * 3, std=(1.0,) * 3)
-    raw = clip_preprocess(edge, 16, mean=(0.0,) * 3, std=(1.0,) * 3, clamp=False)
-    assert clamped.min() >= 0.0 and clamped.max() <= 1.0
-    assert raw.min() < 0.0 and raw.max() > 1.0
-    torch.testing.assert_close(raw.clamp(0, 1), clamped)
