@@ -1,5 +1,6 @@
-"""CLIP-family rewards: open_clip / aesthetic converters and the four rewards (preprocessing:
-test_clip_preprocess.py; tiny random-weight models saved to tmp folders, loaded through the users' path)."""
+"""CLIP-family rewards: open_clip / aesthetic converters and the four rewards, on tiny random-weight
+models saved to tmp folders and loaded through the users' path (preprocessing:
+test_clip_preprocess.py)."""
 from __future__ import annotations
 
 import math
