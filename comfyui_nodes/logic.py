@@ -213,6 +213,7 @@ def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -
     last two built rewards are kept (weights loaded), so a reward model loads once per session."""
     require_treegrpo()
     from treegrpo.registry import REWARDS, build
+    from treegrpo.rewards.base import load_reward_weights
     from treegrpo.utils import parse_json_object
 
     extra = parse_json_object(kwargs, "reward_kwargs")
@@ -232,7 +233,7 @@ def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -
             _REWARD_CACHE.pop(next(iter(_REWARD_CACHE)))
         with comfy_loading():
             reward = build(REWARDS, spec)
-            reward.load()
+            load_reward_weights(reward)
         _REWARD_CACHE[key] = reward
     return _REWARD_CACHE[key], str(spec["type"])
 

@@ -32,7 +32,7 @@ from treegrpo.datasets.prompt_file import read_prompt_file  # noqa: E402
 from treegrpo.hooks.evaluation import generate, per_prompt_noise  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, build, registered_names  # noqa: E402
-from treegrpo.rewards.base import check_rewards  # noqa: E402
+from treegrpo.rewards.base import check_rewards, load_reward_weights  # noqa: E402
 from treegrpo.benchmarking import PAPER_REWARD_MAX, normalized_reward  # noqa: E402
 from treegrpo.utils import derive_seed, image_grid  # noqa: E402
 
@@ -107,8 +107,7 @@ def build_rewards(configs: dict[str, dict]) -> dict:
                 f"(e.g. checkpoint=...) in the config's eval_rewards: "
                 f"eval_rewards = dict({name}=dict(type='{reward_cfg['type']}', ...))"
             ) from error
-        if callable(getattr(rewards[name], "load", None)):
-            rewards[name].load()
+        load_reward_weights(rewards[name])
     return rewards
 
 

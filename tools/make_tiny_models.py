@@ -60,10 +60,23 @@ def tiny_clip_text_encoder(vocab_size: int, hidden: int, seed: int, projection: 
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
+def tiny_flow_vae(seed: int, shift_factor: float, scaling_factor: float):
+    """A 2-block AutoencoderKL with 16 latent channels and no quant convs (the SD3 / FLUX layout)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=16, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=shift_factor, scaling_factor=scaling_factor,
+    )
+
+
 def tiny_sd3_pipeline(seed: int = 0):
     """A StableDiffusion3Pipeline with random weights: 2 tiny CLIP text encoders (no T5),
     a 2-layer SD3 transformer and a 2-block VAE with 16 latent channels."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Pipeline)
 
     tokenizer = byte_level_clip_tokenizer()
@@ -76,13 +89,7 @@ def tiny_sd3_pipeline(seed: int = 0):
         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
         pooled_projection_dim=64, out_channels=16, pos_embed_max_size=16,
     )
-    torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, sample_size=16, use_quant_conv=False,
-        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(seed + 3, shift_factor=0.0609, scaling_factor=1.5035)  # SD3's factors
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=scheduler, vae=vae,
@@ -145,7 +152,7 @@ def tiny_flux_pipeline(seed: int = 0):
     prompt vector), a tiny T5 encoder (token embeddings), a FluxTransformer2DModel with 1 double-
     and 1 single-stream block and a guidance embedding, a 2-block VAE with 16 latent channels
     (FLUX's scaling/shift factors) and FLUX's dynamically shifted flow-matching scheduler."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = byte_level_clip_tokenizer()
@@ -163,13 +170,7 @@ def tiny_flux_pipeline(seed: int = 0):
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=True, axes_dims_rope=(4, 6, 6),
     )
-    torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, sample_size=16, use_quant_conv=False,
-        use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
-    )
+    vae = tiny_flow_vae(seed + 3, shift_factor=0.1159, scaling_factor=0.3611)  # FLUX's factors
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
-from .rewards.base import RewardError, check_rewards
+from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, make_generator, timer
 
@@ -86,8 +86,7 @@ class Runner:
         self.sampler = build(SAMPLERS, cfg.sampler)
         self.reward = build(REWARDS, cfg.reward)
         self.reward_name = cfg.reward["type"]
-        if callable(getattr(self.reward, "load", None)):
-            self.reward.load()  # missing reward weights fail here, not after the first rollout
+        load_reward_weights(self.reward)  # missing reward weights fail here, not after the first rollout
         self.advantage = build(ADVANTAGES, cfg.advantage)
         self.loss = build(LOSSES, cfg.loss)
         self.train_dataset = build(DATASETS, cfg.train_dataset)

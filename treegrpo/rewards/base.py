@@ -48,6 +48,13 @@ class Reward(abc.ABC):
         return f"{type(self).__name__}()"
 
 
+def load_reward_weights(reward: Any) -> None:
+    """Call ``reward.load()`` when the reward has one (plugin rewards need not subclass
+    :class:`Reward`), so missing weight files fail before any image is generated."""
+    if callable(getattr(reward, "load", None)):
+        reward.load()
+
+
 def check_images(images: Any, prompts: list[str], reward_name: str) -> None:
     """Validate reward inputs: images a [L, 3, H, W] floating tensor and L prompts."""
     if not isinstance(images, torch.Tensor):

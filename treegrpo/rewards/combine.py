@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from treegrpo.registry import REWARDS, build
-from treegrpo.rewards.base import Reward, check_images, check_rewards
+from treegrpo.rewards.base import Reward, check_images, check_rewards, load_reward_weights
 
 NORMALIZE_MODES = ("none", "batch")
 # names the runner already logs under reward/ (a part called so would overwrite them)
@@ -133,8 +133,7 @@ class WeightedSum(Reward):
     def load(self) -> "WeightedSum":
         """Load every part's weights now (parts without ``load`` have none)."""
         for part in self.parts:
-            if callable(getattr(part, "load", None)):
-                part.load()
+            load_reward_weights(part)
         return self
 
     def log_values(self) -> dict[str, float]:
