@@ -20,8 +20,10 @@ STOCK = {
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], ["IMAGE"]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "PreviewImage": ([("images", "IMAGE")], [], []),
-    "PreviewAny": ([("source", "*")], [], ["STRING"]),
+    "PreviewAny": ([("source", "*")], [], []),  # an output node: RETURN_TYPES = ()
 }
+# output nodes of ComfyUI that have no output slot
+NO_OUTPUTS = {"PreviewAny", "PreviewImage", "SaveImage"}
 WORKFLOWS = ROOT / "comfyui_nodes" / "workflows"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
@@ -77,6 +79,23 @@ def test_workflows_are_valid_and_ui_matches_api(name):
                 inputs[i["name"]] = [str(link[1]), link[2]]
         rebuilt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     assert rebuilt == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+
+
+@pytest.mark.parametrize("name", ["toy_branched_denoising", "sd35_treegrpo_lora"])
+def test_ui_output_slots_are_the_node_classes_outputs(name):
+    """Each treegrpo node's output slots are its RETURN_TYPES / RETURN_NAMES (list outputs drawn as
+    lists), and ComfyUI's output nodes (PreviewAny, ...) have none: a slot the class lacks makes
+    the frontend draw a dangling output."""
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node in ui["nodes"]:
+        slots = node["outputs"]
+        if node["type"] in NO_OUTPUTS:
+            assert slots == [], (node["id"], node["type"])
+        elif node["type"] in NODES:
+            cls = NODES[node["type"]]
+            assert [(o["name"], o["type"]) for o in slots] == list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES))
+            is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(slots))
+            assert [o.get("shape") == 6 for o in slots] == list(is_list), node["id"]  # 6: LiteGraph's list shape
 
 
 def test_sd35_workflow_samples_at_the_trained_settings():
