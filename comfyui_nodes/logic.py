@@ -19,8 +19,8 @@ import torch
 from .comfy_env import DEVICES, comfy_loading, comfy_progress, free_comfy_memory, pick_device  # noqa: F401
 from .lora import to_trainable_state
 from .paths import require_safetensors, resolve_config, resolve_path
-from .safety import (allowed_reward_class, check_built_reward, check_reward_kwargs, check_reward_spec, pack_allows,
-                     policy_model_folder, refuse_forbidden_keys, resolve_path_values)
+from .safety import (allowed_reward_class, check_built_reward, check_reward_kwargs, check_reward_spec,
+                     pack_reward_names, policy_model_folder, refuse_forbidden_keys, resolve_path_values)
 
 MAX_LEAVES = 512
 # reward combos when the registry cannot be read (the nodes then say what is wrong when run)
@@ -161,6 +161,7 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
     from treegrpo.inference import load_config, load_policy
     from treegrpo.utils import parse_json_object
 
+    device = pick_device(device)  # a missing GPU is reported before anything is read or loaded
     ckpt_path = resolve_path(checkpoint) if checkpoint.strip() else None
     if config.strip():
         config_path = resolve_config(config)
@@ -177,7 +178,6 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
     folder = cfg.get("policy", {}).get("model_path")
     if folder is not None:
         cfg.policy.model_path = policy_model_folder(str(folder))
-    device = pick_device(device)
     free_comfy_memory()
     with comfy_loading():
         policy, kernel = load_policy(cfg, None, device)
@@ -193,9 +193,7 @@ def reward_names() -> list[str]:
     Never raises, as ComfyUI calls it from INPUT_TYPES: when the registry cannot be read (treegrpo
     missing or broken), the error is logged and :data:`FALLBACK_REWARDS` is returned."""
     try:
-        from treegrpo.registry import REWARDS, registered_names, resolve_type
-
-        return [name for name in registered_names(REWARDS) if pack_allows(resolve_type(REWARDS, name))]
+        return pack_reward_names()
     except Exception as error:  # noqa: BLE001 - INPUT_TYPES must not fail
         logger.warning("treegrpo nodes: cannot list the registered rewards (%s: %s); showing the "
                        "built-in names", type(error).__name__, error)

@@ -240,6 +240,18 @@ def test_pick_device_follows_comfyui(monkeypatch):
         logic.pick_device("tpu")
 
 
+def test_cuda_without_a_gpu_is_refused_before_anything_loads(root, monkeypatch):
+    import treegrpo.inference
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loads = []
+    monkeypatch.setattr(treegrpo.inference, "load_policy", lambda *args: loads.append(args))
+    monkeypatch.setattr(treegrpo.inference, "load_config", lambda *args: loads.append(args))
+    with pytest.raises(RuntimeError, match="device is 'cuda' but PyTorch sees no CUDA GPU.*set device to 'auto'"):
+        NODES["TreegrpoLoadCheckpoint"]().load("toy.py", "runs/toy", "cuda")
+    assert loads == []
+
+
 def test_load_inside_comfyui_frees_its_models_then_loads_under_comfy_tqdm(root, monkeypatch):
     import treegrpo.inference
 
