@@ -81,9 +81,19 @@ def allowed_reward_class(type_: Any, where: str) -> type:
 
     try:
         cls = resolve_type(REWARDS, type_)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{where}: {error.args[0] if error.args else error}") from None
+    except KeyError:
+        raise ValueError(f"{where}: unknown reward {type_!r} (a registered reward name is needed; import "
+                         f"paths are not followed); the nodes run {pack_reward_names()}") from None
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
     return check_pack_reward(cls, where)
+
+
+def pack_reward_names() -> list[str]:
+    """Sorted names of the registered rewards the nodes run (:func:`pack_allows`)."""
+    from treegrpo.registry import REWARDS, registered_names, resolve_type
+
+    return [name for name in registered_names(REWARDS) if pack_allows(resolve_type(REWARDS, name))]
 
 
 def is_combination(cls: type) -> bool:

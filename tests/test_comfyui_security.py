@@ -60,7 +60,7 @@ def server():
 
 
 def test_issue_attacks_raise_and_run_nothing(root):
-    with pytest.raises(ValueError, match=r"reward_kwargs.rewards\[0\].type: unknown reward type 'os.system'"):
+    with pytest.raises(ValueError, match=r"reward_kwargs.rewards\[0\].type: unknown reward 'os.system'"):
         logic.score_images(IMAGES, PROMPT, "WeightedSum",
                            '{"rewards":[{"type":"os.system","command":"touch pwned"}],"weights":[1]}')
     with pytest.raises(ValueError, match="options.kernel._delete_: a workflow may not set"):
@@ -94,8 +94,8 @@ def test_options_refuse_class_and_import_keys_at_any_depth(root, options, where)
      r"rewards\[0\]._base_"),
     ("WeightedSum", {"weights": [1], "rewards": ["os.system"]}, r"rewards\[0\] must be an object naming its reward"),
     ("WeightedSum", {"weights": [1], "rewards": [{"type": ["os", "system"]}]}, "is not a class registered"),
-    ("WeightedSum", {"weights": [1], "rewards": [{"type": "builtins.eval"}]}, "unknown reward type 'builtins.eval'"),
-    ("os.system", {"command": "touch pwned"}, "reward: unknown reward type 'os.system'"),
+    ("WeightedSum", {"weights": [1], "rewards": [{"type": "builtins.eval"}]}, "unknown reward 'builtins.eval'"),
+    ("os.system", {"command": "touch pwned"}, "reward: unknown reward 'os.system'"),
 ])
 def test_reward_kwargs_name_no_classes_but_weighted_sum_parts(root, reward, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -113,7 +113,7 @@ def test_http_reward_is_refused_by_class_under_any_name(root, server, reward, kw
     url, hits = server
     with pytest.raises(ValueError, match="HTTPReward is not available in the ComfyUI nodes.*SSRF"):
         logic.score_images(IMAGES, PROMPT, reward, json.dumps(kwargs).replace("URL", url))
-    with pytest.raises(ValueError, match="unknown reward type 'treegrpo.rewards.http.HTTPReward'"):
+    with pytest.raises(ValueError, match="unknown reward 'treegrpo.rewards.http.HTTPReward'"):
         logic.score_images(IMAGES, PROMPT, "WeightedSum", json.dumps(
             {"weights": [1], "rewards": [{"type": "treegrpo.rewards.http.HTTPReward", "url": url}]}))
     with pytest.raises(ValueError, match="SSRF"):  # the pipeline config's own reward is checked too
