@@ -130,3 +130,21 @@ def test_toy_api_workflow_runs_through_our_nodes(monkeypatch):
     (tree, leaves, table), (scores, score_table) = results["2"], results["6"]
     assert leaves.shape == (8, 32, 32, 3) and len(parse_table(table)) == 8 and tree.shape[0] == 1
     assert len(scores) == 8 and all(s < 0 for s in scores) and "JPEGCompressibility" in score_table
+
+
+def test_comfyui_example_writes_under_work_dirs_unless_asked_for_the_docs_picture(tmp_path, monkeypatch):
+    """tools/comfyui_example.py must not overwrite the tracked docs/ picture by default."""
+    from tools import comfyui_example
+
+    monkeypatch.setitem(sys.modules, "folder_paths", None)
+    monkeypatch.setitem(sys.modules, "comfy", None)
+    assert comfyui_example.parse_args([]).out == str(ROOT / "work_dirs" / "comfyui_example" /
+                                                     "comfyui_branched_denoising.png")
+    assert comfyui_example.parse_args(["--docs"]).out == str(ROOT / "docs" / "comfyui_branched_denoising.png")
+    with pytest.raises(SystemExit):
+        comfyui_example.parse_args(["--docs", "--out", "x.png"])
+    out = comfyui_example.main(["--out", str(tmp_path / "tree.png"), "--steps", "3", "--depth", "1",
+                                "--window-start", "0"])
+    from PIL import Image
+
+    assert out == tmp_path / "tree.png" and Image.open(out).size[0] > 100
