@@ -14,7 +14,8 @@ one at a time (a lock around the reward), so a GPU model is never called concurr
 Limits (each refusal is a 4xx JSON error naming the flag that raises it): ``--max-body-mb``,
 ``--max-images`` per request, ``--max-pixels`` decoded per request (checked from the PNG headers
 before any pixel is decoded), ``--request-timeout`` to send a whole request, ``--workers``
-requests handled at once (one more connection is answered 503 at once, which clients retry).
+requests handled at once by a fixed pool of threads, ``--queue`` connections waiting for one
+(one more is answered 503 at once, which clients retry).
 Peak memory is about ``workers * max_pixels * 20`` bytes on top of the reward model.
 """
 from __future__ import annotations
@@ -26,13 +27,14 @@ import io
 import ipaddress
 import json
 import os
+import queue
 import socket
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +59,10 @@ class Limits:
 
     max_body_bytes: int = 64 << 20   # --max-body-mb 64
     max_images: int = 64             # --max-images
-    max_pixels: int = 1 << 25        # --max-pixels: decoded pixels per request, all images together
+    max_pixels: int = 1 << 24        # --max-pixels: decoded pixels per request, all images together
     request_timeout: float = 60.0    # --request-timeout: seconds to send the whole request
     workers: int = 4                 # --workers: requests handled at once
+    queue: int = 16                  # --queue: accepted connections waiting for a worker
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -222,37 +225,53 @@ class RewardHandler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-class BoundedHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server with at most ``workers`` handler threads; a connection arriving
-    when all are busy is answered 503 by the accepting thread and closed (no thread)."""
+class PooledHTTPServer(HTTPServer):
+    """An HTTP server with a fixed pool of ``workers`` handler threads fed by a queue of at most
+    ``queue_size`` accepted connections; a connection arriving when the queue is full is
+    answered 503 by the accepting thread and closed (no thread, no wait)."""
 
-    daemon_threads = True
-
-    def __init__(self, address, handler, workers: int) -> None:
+    def __init__(self, address, handler, workers: int, queue_size: int) -> None:
+        super().__init__(address, handler)  # binds first: a failed bind starts no thread
         self.workers = workers
-        self.free_workers = threading.BoundedSemaphore(workers)
-        super().__init__(address, handler)
+        self.waiting: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.pool = [threading.Thread(target=self.work, name=f"reward-worker-{index}", daemon=True)
+                     for index in range(workers)]
+        for thread in self.pool:
+            thread.start()
 
     def process_request(self, request, client_address) -> None:
-        if not self.free_workers.acquire(blocking=False):
+        try:
+            self.waiting.put_nowait((request, client_address))
+        except queue.Full:
             self.answer_busy(request)
-            return
-        try:
-            threading.Thread(target=self.handle_then_free, args=(request, client_address),
-                             daemon=True).start()
-        except BaseException:
-            self.free_workers.release()
-            raise
 
-    def handle_then_free(self, request, client_address) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            self.free_workers.release()
+    def work(self) -> None:
+        """A pool thread: handle queued connections until a None arrives."""
+        while (item := self.waiting.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Close the listening socket and the queued connections; stop the pool threads."""
+        super().server_close()
+        while True:
+            try:
+                request, _ = self.waiting.get_nowait()
+            except queue.Empty:
+                break
+            self.shutdown_request(request)
+        for _ in self.pool:
+            self.waiting.put(None)
 
     def answer_busy(self, request) -> None:
-        data = json.dumps({"error": f"the server is busy ({self.workers} requests in progress, "
-                                    f"--workers); retry later"}).encode("utf-8")
+        data = json.dumps({"error": f"the server is busy ({self.workers} requests in progress "
+                                    f"(--workers), {self.waiting.maxsize} waiting (--queue)); "
+                                    f"retry later"}).encode("utf-8")
         head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(data)}\r\nRetry-After: 1\r\n\r\n").encode("ascii")
         try:
@@ -292,13 +311,13 @@ def check_exposure(host: str, secret: str | None, insecure: bool) -> None:
 
 def make_server(reward, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
                 handler: type[RewardHandler] = RewardHandler, limits: Limits = Limits(),
-                secret: str | None = None, insecure: bool = False) -> BoundedHTTPServer:
+                secret: str | None = None, insecure: bool = False) -> PooledHTTPServer:
     """An HTTP server (not yet serving) scoring with ``reward`` (a built reward or a config
     dict). ``port=0`` picks a free port: read it from ``server.server_address[1]``. A host
     other than loopback needs ``secret`` (checked on every request) or ``insecure=True``."""
     check_exposure(host, secret, insecure)
     reward = build(REWARDS, reward)
-    server = BoundedHTTPServer((host, port), handler, limits.workers)
+    server = PooledHTTPServer((host, port), handler, limits.workers, limits.queue)
     server.reward, server.lock, server.quiet = reward, threading.Lock(), quiet
     server.limits, server.secret = limits, secret
     server.reward_name = getattr(reward, "name", type(reward).__name__)
@@ -347,7 +366,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--request-timeout", type=positive(float), default=defaults.request_timeout,
                         help="seconds a client has to send its whole request")
     parser.add_argument("--workers", type=positive(int), default=defaults.workers,
-                        help="requests handled at once (more are answered 503)")
+                        help="requests handled at once")
+    parser.add_argument("--queue", type=positive(int), default=defaults.queue,
+                        help="connections waiting for a worker (more are answered 503)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     return parser.parse_args(argv)
 
@@ -362,7 +383,7 @@ def build_reward(name: str, cfg_json: str, custom_imports: list[str]):
 def main(argv=None) -> None:
     args = parse_args(argv)
     limits = Limits(int(args.max_body_mb * 2**20), args.max_images, args.max_pixels,
-                    args.request_timeout, args.workers)
+                    args.request_timeout, args.workers, args.queue)
     try:
         secret = server_secret(args.secret_env)
         check_exposure(args.host, secret, args.insecure)  # before loading a reward model
@@ -372,7 +393,7 @@ def main(argv=None) -> None:
     server = make_server(reward, args.host, args.port, args.quiet, limits=limits, secret=secret,
                          insecure=args.insecure)
     host, port = server.server_address[:2]
-    guard = "with a shared secret" if secret else "WITHOUT a secret"
+    guard = "with a shared secret" if secret else "without a secret"
     print(f"serving {reward!r} on http://{host}:{port}/ {guard} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -97,39 +97,60 @@ def encode_png(images: torch.Tensor) -> list[str]:
 def decode_png(encoded: list[str], max_pixels: int | None = None) -> torch.Tensor:
     """L base64 PNG strings (all of one size) -> [L, 3, H, W] float32 in [0, 1] (pixel / 255).
 
-    ``max_pixels`` caps the pixels of all images together; each image's size is read from its
-    header and checked BEFORE its pixels are decoded (ImageLimitError), so a small file that
-    would decode to gigabytes costs nothing. Raises ValueError naming the index of an image that
-    is not valid base64 PNG, or a size that differs from the first image's.
+    ``max_pixels`` caps the pixels of all images together: the first image's size is read from
+    its header and ``L * H * W`` checked BEFORE any pixel is decoded (ImageLimitError), so a
+    small file that would decode to gigabytes costs nothing. The images are decoded one at a
+    time into the output. Raises ValueError naming the index of an image that is not valid
+    base64 PNG, or whose size differs from the first image's.
     """
-    arrays, total = [], 0
-    for index, text in enumerate(encoded):
-        if not isinstance(text, str):
-            raise ValueError(f"images[{index}] must be a base64 string, got {type(text).__name__}")
-        try:
-            with Image.open(io.BytesIO(base64.b64decode(text, validate=True)), formats=["PNG"]) as image:
-                width, height = image.size  # from the header: no pixel decoded yet
-                total += width * height
-                if max_pixels is not None and total > max_pixels:
-                    raise ImageLimitError(
-                        f"images[{index}] is {width}x{height}; up to it the request decodes to "
-                        f"{total} pixels, over the limit of {max_pixels}"
-                    )
-                arrays.append(np.asarray(image.convert("RGB")))
-        except ImageLimitError:
-            raise
-        except Image.DecompressionBombError as err:
-            raise ImageLimitError(f"images[{index}] is too large ({err})") from None
-        except Exception as err:  # binascii.Error, PIL.UnidentifiedImageError, ...
-            raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
-        if arrays[-1].shape != arrays[0].shape:
-            raise ValueError(
-                f"images[{index}] has size {arrays[-1].shape[:2]}, images[0] has "
-                f"{arrays[0].shape[:2]}: all images of a request must have one size"
-            )
-    if not arrays:
+    if not encoded:
         return torch.zeros(0, 3, 0, 0)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    out = None
+    for index, text in enumerate(encoded):
+        with _open_png(text, index) as image:
+            width, height = image.size  # from the header: no pixel decoded yet
+            if out is None:
+                out = _allocate(len(encoded), height, width, max_pixels)
+            elif (height, width) != tuple(out.shape[2:]):
+                raise ValueError(
+                    f"images[{index}] has size {(height, width)}, images[0] has "
+                    f"{tuple(out.shape[2:])}: all images of a request must have one size"
+                )
+            out[index] = torch.from_numpy(_decode_rgb(image, index)).permute(2, 0, 1)
+    return out.div_(255.0)
+
+
+def _open_png(text: str, index: int) -> Image.Image:
+    """Open (header only, no pixels) the base64 PNG ``images[index]``; ValueError if it is not."""
+    if not isinstance(text, str):
+        raise ValueError(f"images[{index}] must be a base64 string, got {type(text).__name__}")
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(text, validate=True)), formats=["PNG"])
+    except Image.DecompressionBombError as err:
+        raise ImageLimitError(f"images[{index}] is too large ({err})") from None
+    except Exception as err:  # binascii.Error, PIL.UnidentifiedImageError, ...
+        raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
+
+
+def _decode_rgb(image: Image.Image, index: int) -> np.ndarray:
+    """The pixels of an opened PNG as [H, W, 3] uint8; ValueError if its data is broken."""
+    try:
+        return np.array(image.convert("RGB"))  # a writable copy, for torch.from_numpy
+    except Image.DecompressionBombError as err:
+        raise ImageLimitError(f"images[{index}] is too large ({err})") from None
+    except Exception as err:  # OSError for truncated or corrupt data
+        raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
+
+
+def _allocate(count: int, height: int, width: int, max_pixels: int | None) -> torch.Tensor:
+    """The [count, 3, height, width] float32 output, once ``max_pixels`` allows it."""
+    total = count * height * width
+    if max_pixels is not None and total > max_pixels:
+        raise ImageLimitError(
+            f"images[0] is {width}x{height}: {count} image(s) of that size decode to {total} "
+            f"pixels, over the limit of {max_pixels}"
+        )
+    return torch.empty(count, 3, height, width)
 
 
 def parse_scores(body: bytes, count: int, url: str) -> list[float]:
