@@ -8,8 +8,7 @@
 
 The training config then names ``reward = dict(type='HTTPReward', url='http://HOST:8000/')``
 (plus ``secret_env='TREEGRPO_REWARD_SECRET'`` when the server has a secret). Requests are scored
-one at a time (a lock around the reward), so a GPU model is never called concurrently.
-``GET`` on any path answers ``{"reward": "<repr>", "status": "ok"}`` (health check).
+one at a time (a lock around the reward); ``GET`` answers ``{"reward": "<repr>", "status": "ok"}``.
 
 Limits (each refusal is a 4xx JSON error naming the flag that raises it): ``--max-body-mb``,
 ``--max-images`` per request, ``--max-pixels`` decoded per request (checked from the PNG headers
@@ -116,7 +115,7 @@ class DeadlineReader(io.RawIOBase):
         super().__init__()
         self.sock, self.deadline = sock, deadline
 
-    def readable(self) -> bool:
+    def readable(self) -> bool:  # noqa: D102
         return True
 
     def readinto(self, buffer) -> int:
@@ -327,10 +326,9 @@ def make_server(reward, host: str = "127.0.0.1", port: int = 8000, quiet: bool =
 def positive(kind):
     """argparse type: a ``kind`` number > 0."""
     def parse(text: str):
-        value = kind(text)
-        if not value > 0:
+        if not kind(text) > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
+        return kind(text)
     return parse
 
 
