@@ -22,9 +22,11 @@ Each reward prepares its inputs as its official implementation does:
 - ``CLIPScore`` (Hessel et al.'s code: OpenAI ``clip.load`` / ``clip.tokenize``): shortest side
   to 224, centre crop with a rounded offset (torchvision); texts cleaned as OpenAI CLIP does.
 - ``Aesthetic`` (improved-aesthetic-predictor: OpenAI ``clip.load('ViT-L/14')``): as CLIPScore's
-  images; no text. Every reward: ``reward(images [L, 3, H, W] in [0, 1], prompts) -> [L]``
-float32 **on the images' device**; models load on the first call (or ``reward.load()``), run
-under ``torch.no_grad`` in chunks of ``batch_size`` on ``device`` (None: the images' device) in
+  images; no text.
+
+Every reward: ``reward(images [L, 3, H, W] in [0, 1], prompts) -> [L]`` float32 **on the
+images' device**; models load on the first call (or ``reward.load()``), run under
+``torch.no_grad`` in chunks of ``batch_size`` on ``device`` (None: the images' device) in
 ``dtype``. A missing weight raises ``FileNotFoundError`` naming the file, where to get it and
 the config key to set.
 """
