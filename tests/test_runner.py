@@ -279,7 +279,7 @@ def test_reward_log_values_reach_the_log(tmp_path):
 
 def test_missing_reward_weights_fail_at_start_up(tmp_path):
     extra = "reward = dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')\n"
-    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth.*improved-aesthetic-predictor"):
+    with pytest.raises(ValueError, match="no_such_aesthetic.pth.*Aesthetic weights"):  # config check
         train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "log.jsonl").exists()  # failed before the first rollout
 
@@ -288,7 +288,7 @@ def test_weighted_sum_loads_its_parts_at_start_up(tmp_path):
     extra = ("reward = dict(type='WeightedSum', weights=[1.0, 0.5], rewards=[\n"
              "    dict(type='MeanBrightnessReward'),\n"
              "    dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')])\n")
-    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
+    with pytest.raises(ValueError, match=r"reward.rewards\[1\].checkpoint='weights/no_such_aesthetic.pth'"):
         train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
 
 

@@ -17,6 +17,7 @@ from mmengine.config import Config
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config_check import validate_config
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
@@ -53,6 +54,7 @@ class Runner:
 
     def __init__(self, cfg: Config, work_dir: str | Path, resume_from: str | Path | None = None):
         require_keys(cfg)
+        validate_config(cfg)  # every problem of the config at once, before any model is loaded
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.checkpoint_dir = self.work_dir / "checkpoints"
