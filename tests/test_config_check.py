@@ -172,12 +172,15 @@ def test_kwargs_components_accept_anything():
 
 
 # ------------------------------------------------------------------ item 7: README snippets
-def readme_snippets() -> dict[str, str]:
-    """The python blocks of README's 'Custom rewards (plugins)' section, keyed by reward type."""
+def readme_snippets() -> dict[str, list[str]]:
+    """The python blocks of README's 'Custom rewards (plugins)' section, grouped by reward type."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### Custom rewards (plugins)"):text.index("## Reward models")]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    return {re.search(r"reward = dict\(.*?type='(\w+)'", block, flags=re.S).group(1): block for block in blocks}
+    snippets: dict[str, list[str]] = {}
+    for block in re.findall(r"```python\n(.*?)```", section, flags=re.S):
+        reward_type = re.search(r"reward = dict\(.*?type='(\w+)'", block, flags=re.S).group(1)
+        snippets.setdefault(reward_type, []).append(block)
+    return snippets
 
 
 def child_config(tmp_path, body: str) -> Path:
@@ -188,8 +191,16 @@ def child_config(tmp_path, body: str) -> Path:
 
 @pytest.mark.parametrize("reward_type", ["Redness", "WeightedSum", "HTTPReward"])
 def test_readme_snippet_pasted_into_toy_config_builds(tmp_path, monkeypatch, reward_type):
-    block = readme_snippets()[reward_type]
+    for number, block in enumerate(readme_snippets()[reward_type]):
+        check_snippet(tmp_path / str(number), monkeypatch, reward_type, block)
+
+
+def check_snippet(tmp_path, monkeypatch, reward_type: str, block: str) -> None:
+    """Paste one README block into a config inheriting the toy config; it must check and build."""
+    tmp_path.mkdir()
     assert "_delete_=True" in block
+    if "secret_env=" in block:  # the shared secret lives in an environment variable
+        monkeypatch.setenv(re.search(r"secret_env='(\w+)'", block).group(1), "s" * 32)
     if "# in the config" in block:  # the plugin: its module goes to a temporary package
         module, _, block = block.partition("# in the config")
         block = "#" + block  # the rest of the comment line
@@ -205,7 +216,7 @@ def test_readme_snippet_pasted_into_toy_config_builds(tmp_path, monkeypatch, rew
 
 
 def test_leftover_base_argument_says_where_it_comes_from(tmp_path):
-    block = readme_snippets()["HTTPReward"].replace("_delete_=True, ", "")
+    block = readme_snippets()["HTTPReward"][0].replace("_delete_=True, ", "")
     message = problems_of(load_config(child_config(tmp_path, block)))
     assert "reward.checkpoint is not an argument of HTTPReward" in message
     assert "it comes from the base config's reward" in message and "toy_alignment.py" in message
