@@ -337,3 +337,32 @@ def test_wandb_without_the_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(ImportError, match="pip install wandb"):
         train_main([write_config(tmp_path, extra="wandb = dict(project='x')\n"), "--work-dir", str(tmp_path / "r")])
+
+
+@LOSSES.register_module(force=True)
+class ScriptedRatioLoss:
+    """GRPOClipLoss whose reported ``ratio_max_dev`` follows a script, one value per call (per
+    micro-batch): only the second micro-batch of the first optimizer step deviates."""
+
+    needs_reference = False
+    script = [0.0, 0.25, 0.0, 0.9, 0.9, 0.9]
+    calls = 0
+
+    def __call__(self, log_prob_new, log_prob_old, advantages, kl=None):
+        from treegrpo.losses.grpo import GRPOClipLoss
+
+        loss, stats = GRPOClipLoss(clip_range=0.2)(log_prob_new, log_prob_old, advantages, kl)
+        stats["ratio_max_dev"] = ScriptedRatioLoss.script[ScriptedRatioLoss.calls]
+        ScriptedRatioLoss.calls += 1
+        return loss, stats
+
+
+def test_onpolicy_metric_covers_every_micro_batch_before_the_first_step(tmp_path):
+    """6 parents, 2 optimizer steps of 3 one-parent micro-batches: the metric is the max over the
+    first step's 3 micro-batches (0.25), not the first one's (0.0) nor a later step's (0.9)."""
+    ScriptedRatioLoss.calls = 0
+    extra = ("loss = dict(type='ScriptedRatioLoss')\n"
+             "update = dict(num_inner_epochs=1, num_minibatches=2, micro_batch_size=1)\n")
+    train_main([write_config(tmp_path, iters=1, extra=extra), "--work-dir", str(tmp_path / "run")])
+    assert ScriptedRatioLoss.calls == 6
+    assert read_log(tmp_path / "run")[0]["losses/onpolicy_ratio_max_dev"] == 0.25

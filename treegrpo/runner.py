@@ -238,6 +238,7 @@ class Runner:
         stats: dict[str, list[float]] = defaultdict(list)
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
+        onpolicy_dev, optimizer_steps = 0.0, 0
         for epoch in range(cfg["num_inner_epochs"]):
             minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
                                              cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
@@ -259,8 +260,8 @@ class Runner:
                         self.accelerator.backward(loss * batch.child.numel() / num_edges)
                     for key, value in loss_stats.items():
                         stats[f"losses/{key}"].append(value)
-                    if "losses/onpolicy_ratio_max_dev" not in stats:  # before any optimizer step
-                        stats["losses/onpolicy_ratio_max_dev"].append(loss_stats["ratio_max_dev"])
+                    if optimizer_steps == 0:  # every micro-batch of the first, on-policy step
+                        onpolicy_dev = max(onpolicy_dev, float(loss_stats["ratio_max_dev"]))
                 grad_norm = self.accelerator.clip_grad_norm_(
                     self.policy.trainable_parameters(), cfg["max_grad_norm"]
                 )
@@ -272,8 +273,11 @@ class Runner:
                 stats["update/grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                optimizer_steps += 1
         self.lr_scheduler.step()  # once per iteration: lr_warmup_iters counts iterations
         result = {key: sum(values) / len(values) for key, values in stats.items()}
+        result["losses/onpolicy_ratio_max_dev"] = self.accelerator.gather(  # max over processes too
+            torch.tensor([onpolicy_dev], device=self.device)).max().item()
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
         return result
