@@ -9,10 +9,12 @@ import contextlib
 import time
 import warnings
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 from mmengine.config import Config
 from tqdm import tqdm
 
@@ -48,6 +50,24 @@ def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
     return optimizer_cls(params, **cfg)
 
 
+# Seconds a process waits in a collective (gather, barrier, gradient all-reduce) for the others
+# before the job fails, instead of torch's 30 minutes. Processes do the same work between two
+# collectives (same prompts per rank, same tree), so a wait this long means a hung or dead rank. The
+# longest legitimate wait is the other ranks idling while rank 0 writes a checkpoint: seconds for a
+# LoRA, about a minute for a full SD3.5-medium fine-tune (10 GB weights + 20 GB AdamW state) on a
+# local disk. Raise ``dist_timeout_s`` for slow network disks or when one node downloads the model.
+DEFAULT_DIST_TIMEOUT_S = 600
+
+
+def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
+    """The process-group settings from the config key ``dist_timeout_s`` (positive seconds)."""
+    seconds = cfg.get("dist_timeout_s", DEFAULT_DIST_TIMEOUT_S)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {seconds!r} "
+                         f"(default {DEFAULT_DIST_TIMEOUT_S}; e.g. --cfg-options dist_timeout_s=1800)")
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
+
+
 class Runner:
     """Builds every component from a config and runs the TreeGRPO / GRPO training loop."""
 
@@ -59,6 +79,7 @@ class Runner:
         self.accelerator = Accelerator(
             cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
             mixed_precision=cfg.get("mixed_precision", "no"),
+            kwargs_handlers=[collective_timeout(cfg)],
         )
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
