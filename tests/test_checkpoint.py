@@ -149,3 +149,32 @@ def test_optimizer_state_of_another_shape_is_refused(trained, damaged, tmp_path)
     with pytest.raises(ckpt.CheckpointError, match=r"optimizer state 'exp_avg' of parameter 0 in .*training_state.pt"):
         train_main([str(trained[0]), "--resume", str(damaged), "--work-dir", str(tmp_path / "resumed"),
                     "--cfg-options", "max_iters=2"])
+
+
+def test_files_and_folders_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    final = tmp_path / "checkpoints" / "iter_1"
+    write_lora = lambda folder: (folder / "lora").mkdir() or (folder / "lora" / "w.bin").write_bytes(b"x")  # noqa: E731
+    ckpt.save_checkpoint(final, {"w": torch.ones(2)}, {"x": 1}, {"iteration": 1}, write_extra=write_lora)
+    rename = events.index(("replace", str(final)))
+    synced_before = {path.split(".tmp-")[1].partition("/")[2] for kind, path in events[:rename] if kind == "fsync"}
+    assert synced_before >= {"model.safetensors", "training_state.pt", "meta.json", "lora/w.bin", "lora", ""}
+    assert ("fsync", str(final.parent)) in events[rename:]  # the rename itself is flushed
+
+
+def test_partial_saves_are_cleaned_and_a_complete_old_copy_restored(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name in ("iter_4", "iter_4.tmp-11", "iter_4.old-12", "iter_6.tmp-13", "iter_2.old-14", "notes"):
+        (root / name).mkdir(parents=True)
+    (root / "iter_2.old-14" / "meta.json").write_text('{"iteration": 2}')
+    removed = ckpt.clean_partial_checkpoints(root)
+    assert sorted(removed) == ["iter_4.old-12", "iter_4.tmp-11", "iter_6.tmp-13"]
+    # killed between the two renames of a re-save: the old copy is the complete iter_2
+    assert sorted(p.name for p in root.iterdir()) == ["iter_2", "iter_4", "notes"]
+    assert (root / "iter_2" / "meta.json").is_file()

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
-from .checkpoint import OLDER_CHECKPOINT_HINT, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (OLDER_CHECKPOINT_HINT, CheckpointError, clean_partial_checkpoints, load_checkpoint,
+                         save_checkpoint)
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards, load_reward_weights
+from .run_files import create_run_dir
 from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, make_generator, timer
 
@@ -71,11 +73,12 @@ def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
 class Runner:
     """Builds every component from a config and runs the TreeGRPO / GRPO training loop."""
 
-    def __init__(self, cfg: Config, work_dir: str | Path, resume_from: str | Path | None = None):
+    def __init__(self, cfg: Config, work_dir: str | Path | None, resume_from: str | Path | None = None,
+                 runs_root: str | Path | None = None):
+        """``work_dir``: the run folder; None: a new, unique one under ``runs_root`` (decided by
+        the main process, see :func:`create_run_dir`)."""
         require_keys(cfg)
         self.cfg = cfg
-        self.work_dir = Path(work_dir)
-        self.checkpoint_dir = self.work_dir / "checkpoints"
         self.accelerator = Accelerator(
             cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
             mixed_precision=cfg.get("mixed_precision", "no"),
@@ -84,6 +87,8 @@ class Runner:
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.seed = int(cfg.get("seed", 0))
+        self.work_dir = Path(work_dir) if work_dir is not None else self.agree_on_run_dir(runs_root)
+        self.checkpoint_dir = self.work_dir / "checkpoints"
         self.max_iters = int(cfg.max_iters)
         # Optional budgets (benchmarks): stop once model forwards or training seconds reach them.
         self.max_nfe = cfg.get("max_nfe")
@@ -130,8 +135,20 @@ class Runner:
         self.last_checkpoint_iter = -1
         self.writer: MetricWriter | None = None
         self.ema = None  # an EMAHook sets itself here (EvalHook then evaluates the EMA weights)
+        self.resumed_iteration: int | None = None  # set by resume(): later log records are dropped
+        if self.is_main:
+            for name in clean_partial_checkpoints(self.checkpoint_dir):
+                print(f"removed {self.checkpoint_dir / name} (left by an interrupted checkpoint save)")
+        self.accelerator.wait_for_everyone()
         if resume_from is not None:
             self.resume(resume_from)
+
+    def agree_on_run_dir(self, runs_root: str | Path | None) -> Path:
+        """The main process creates a new run folder under ``runs_root``; every process gets its path."""
+        if runs_root is None:
+            raise ValueError("Runner needs a work_dir or a runs_root to create a new run folder in")
+        path = [str(create_run_dir(Path(runs_root), self.seed)) if self.is_main else None]
+        return Path(broadcast_object_list(path, from_process=0)[0])
 
     def _autocast_reference(self) -> None:
         """Run a frozen full-fine-tuning reference under the same autocast as the prepared
@@ -319,7 +336,8 @@ class Runner:
         dict in the config) in the work dir, main process only."""
         if self.is_main and self.writer is None:
             self.writer = MetricWriter(self.work_dir, self.cfg.get("tensorboard", True),
-                                       wandb=self.cfg.get("wandb"), run_config=self.cfg.to_dict())
+                                       wandb=self.cfg.get("wandb"), run_config=self.cfg.to_dict(),
+                                       resumed_iteration=self.resumed_iteration)
 
     def close_writer(self) -> None:
         if self.writer is not None:
@@ -373,7 +391,7 @@ class Runner:
                 f"world_size={self.world_size}: the run will not continue bit-identically",
                 stacklevel=2,
             )
-        self.iteration = int(meta["iteration"])
+        self.iteration = self.resumed_iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
         self.call_hooks("load_from_checkpoint", path)
         self.last_checkpoint_iter = self.iteration
@@ -394,11 +412,3 @@ class Runner:
                     raise CheckpointError(
                         f"the optimizer state {key!r} of parameter {index} in {source} has shape "
                         f"{list(value.shape)}, the parameter has {list(param.shape)}; {hint}")
-
-
-def dump_config(cfg: Config, work_dir: Path) -> Path:
-    """Write the merged config to ``<work_dir>/config.py``."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "config.py"
-    cfg.dump(str(path))
-    return path
