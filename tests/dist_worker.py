@@ -58,7 +58,7 @@ def stall(out_dir: str, timeout_s: float) -> None:
 
 
 def main(out_dir: str) -> None:
-    runner = Runner(tiny_config(), Path(out_dir) / "run")
+    runner = Runner(tiny_config(), None, runs_root=Path(out_dir) / "runs")  # rank 0 names the run
     seen = runner.prompts_for(0)
     rollout = runner.sampler.sample(runner.policy, runner.kernel, seen,
                                     runner.schedule.plan(0, 4, None), runner.generator("sample", 0))
@@ -73,6 +73,7 @@ def main(out_dir: str) -> None:
         "gathered_rewards": gathered.tolist(),
         "local_rewards": local_rewards.tolist(),
         "distributed_type": str(runner.accelerator.distributed_type),
+        "work_dir": str(runner.work_dir),
     }))
 
 

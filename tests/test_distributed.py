@@ -37,6 +37,9 @@ def test_two_processes_shard_prompts_and_sync_gradients(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 for r in ranks)
     assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
+    # one new run folder, named by rank 0 and used by both
+    assert ranks[0]["work_dir"] == ranks[1]["work_dir"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [Path(ranks[0]["work_dir"]).name]
     # deterministic sharding: each rank got half of the global batch, different prompts
     assert len(ranks[0]["prompts"]) == len(ranks[1]["prompts"]) == 2
     assert ranks[0]["prompts"] != ranks[1]["prompts"]
