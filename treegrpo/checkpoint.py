@@ -185,6 +185,24 @@ def check_state_dict(state: Mapping[str, torch.Tensor], params: Mapping[str, tor
             )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source: Path) -> None:
+    """``optimizer.load_state_dict(state)``; a state made for other parameters (their number, or
+    per-parameter tensors of other shapes, which the optimizer would broadcast) names ``source``."""
+    hint = f"resume with the config of the run that wrote it (its config.py), or {OLDER_CHECKPOINT_HINT}"
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"the optimizer state in {source} does not fit this run's optimizer "
+                              f"({exc}); {hint}") from exc
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape:
+                raise CheckpointError(
+                    f"the optimizer state {key!r} of parameter {index} in {source} has shape "
+                    f"{list(value.shape)}, the parameter has {list(param.shape)}; {hint}")
+
+
 def list_checkpoints(run_or_ckpt_dir: str | Path) -> list[Path]:
     """Complete checkpoints under ``<dir>/checkpoints`` (or ``<dir>`` itself), oldest first."""
     root = Path(run_or_ckpt_dir)

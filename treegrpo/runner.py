@@ -18,8 +18,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
-from .checkpoint import (OLDER_CHECKPOINT_HINT, CheckpointError, clean_partial_checkpoints, load_checkpoint,
-                         save_checkpoint)
+from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
@@ -379,7 +378,7 @@ class Runner:
         path = Path(path)
         model_state, training_state, meta = load_checkpoint(path)
         self.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
-        self.load_optimizer_state(training_state["optimizer"], path / "training_state.pt")
+        load_optimizer_state(self.optimizer, training_state["optimizer"], path / "training_state.pt")
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         torch.set_rng_state(training_state["torch_rng"])
         if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
@@ -395,20 +394,3 @@ class Runner:
         self.counters.update(meta.get("counters", {}))
         self.call_hooks("load_from_checkpoint", path)
         self.last_checkpoint_iter = self.iteration
-
-    def load_optimizer_state(self, state: dict, source: Path) -> None:
-        """Restore the optimizer; a state made for other parameters (count or shapes) names the file."""
-        hint = ("resume with the config of the run that wrote it (its config.py), or "
-                f"{OLDER_CHECKPOINT_HINT}")
-        try:
-            self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"the optimizer state in {source} does not fit this run's optimizer "
-                                  f"({exc}); {hint}") from exc
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for index, param in enumerate(params):
-            for key, value in self.optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape:
-                    raise CheckpointError(
-                        f"the optimizer state {key!r} of parameter {index} in {source} has shape "
-                        f"{list(value.shape)}, the parameter has {list(param.shape)}; {hint}")
