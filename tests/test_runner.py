@@ -285,6 +285,16 @@ def test_missing_reward_weights_fail_at_start_up(tmp_path):
     assert not (tmp_path / "run" / "log.jsonl").exists()  # failed before the first rollout
 
 
+def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
+    import tools.train as train_tool
+
+    monkeypatch.setattr(train_tool, "ROOT", tmp_path)
+    extra = "reward = dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')\n"
+    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
+        train_main([write_config(tmp_path, name="fails.py", extra=extra)])
+    assert not (tmp_path / "work_dirs" / "fails").exists() or not list((tmp_path / "work_dirs" / "fails").iterdir())
+
+
 def test_weighted_sum_loads_its_parts_at_start_up(tmp_path):
     extra = ("reward = dict(type='WeightedSum', weights=[1.0, 0.5], rewards=[\n"
              "    dict(type='MeanBrightnessReward'),\n"

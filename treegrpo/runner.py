@@ -86,8 +86,6 @@ class Runner:
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.seed = int(cfg.get("seed", 0))
-        self.work_dir = Path(work_dir) if work_dir is not None else self.agree_on_run_dir(runs_root)
-        self.checkpoint_dir = self.work_dir / "checkpoints"
         self.max_iters = int(cfg.max_iters)
         # Optional budgets (benchmarks): stop once model forwards or training seconds reach them.
         self.max_nfe = cfg.get("max_nfe")
@@ -135,6 +133,9 @@ class Runner:
         self.writer: MetricWriter | None = None
         self.ema = None  # an EMAHook sets itself here (EvalHook then evaluates the EMA weights)
         self.resumed_iteration: int | None = None  # set by resume(): later log records are dropped
+        # the run folder is created only now, once the config has built: a failed start leaves none
+        self.work_dir = Path(work_dir) if work_dir is not None else self.agree_on_run_dir(runs_root)
+        self.checkpoint_dir = self.work_dir / "checkpoints"
         if self.is_main:
             for name in clean_partial_checkpoints(self.checkpoint_dir):
                 print(f"removed {self.checkpoint_dir / name} (left by an interrupted checkpoint save)")
