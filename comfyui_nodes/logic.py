@@ -182,7 +182,7 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
     with comfy_loading():
         policy, kernel = load_policy(cfg, None, device)
         if ckpt_path is not None:
-            policy.load_trainable_state_dict(read_trainable_state(ckpt_path, policy))
+            policy.load_trainable_state_dict(read_trainable_state(ckpt_path, policy), source=str(ckpt_path))
     source = f"config {config_path.name}" + (f", checkpoint {ckpt_path.name}" if ckpt_path else ", base weights")
     return TreegrpoPipeline(policy=policy, kernel=kernel, cfg=cfg, source=source)
 

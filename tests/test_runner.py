@@ -290,7 +290,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_tool, "ROOT", tmp_path)
     extra = "reward = dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')\n"
-    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
+    with pytest.raises(ValueError, match="no_such_aesthetic.pth"):  # refused by the config check
         train_main([write_config(tmp_path, name="fails.py", extra=extra)])
     assert not (tmp_path / "work_dirs" / "fails").exists() or not list((tmp_path / "work_dirs" / "fails").iterdir())
 
