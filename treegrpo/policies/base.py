@@ -151,7 +151,14 @@ class Policy(nn.Module, abc.ABC):
         """
         frozen = getattr(self, "reference_denoiser", None)
         if frozen is not None:
-            yield frozen
+            # A copy kept in lower precision than the float32 trained weights runs under an
+            # autocast to its own dtype (inputs arrive in the trained denoiser's dtype).
+            frozen_dtype = next(frozen.parameters()).dtype
+            trained_dtype = next(self.denoiser.parameters()).dtype
+            low = frozen_dtype in (torch.bfloat16, torch.float16) and frozen_dtype != trained_dtype
+            device = next(frozen.parameters()).device
+            with torch.autocast(device.type, dtype=frozen_dtype) if low else contextlib.nullcontext():
+                yield frozen
             return
         model = self.denoiser
         if not hasattr(model, "disable_adapters") or not getattr(model, "_hf_peft_config_loaded", False):
