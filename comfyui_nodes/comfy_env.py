@@ -24,10 +24,18 @@ def comfy_module(name: str) -> ModuleType | None:
 
 
 def pick_device(device: str) -> str:
-    """'cpu' / 'cuda' as given; 'auto': ComfyUI's device inside ComfyUI (it honours ``--cpu``,
+    """'cpu' / 'cuda' as given ('cuda' without a CUDA GPU: a RuntimeError saying what to pick);
+    'auto': ComfyUI's device inside ComfyUI (it honours ``--cpu``,
     ``--cuda-device``, MPS, XPU, ...), else CUDA when available, else CPU."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise RuntimeError(
+            f"device is 'cuda' but PyTorch sees no CUDA GPU here (torch {torch.__version__}, {build}): "
+            "set device to 'auto' (ComfyUI's device) or 'cpu', or install a CUDA build of PyTorch "
+            "in ComfyUI's Python"
+        )
     if device != "auto":
         return device
     management = comfy_module("comfy.model_management")

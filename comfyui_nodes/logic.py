@@ -19,7 +19,8 @@ import torch
 from .comfy_env import DEVICES, comfy_loading, comfy_progress, free_comfy_memory, pick_device  # noqa: F401
 from .lora import to_trainable_state
 from .paths import require_safetensors, resolve_config, resolve_path
-from .safety import REFUSED_REWARDS, check_reward_spec, policy_model_folder, refuse_reward, resolve_path_values
+from .safety import (allowed_reward_class, check_built_reward, check_reward_kwargs, check_reward_spec,
+                     pack_reward_names, policy_model_folder, refuse_forbidden_keys, resolve_path_values)
 
 MAX_LEAVES = 512
 # reward combos when the registry cannot be read (the nodes then say what is wrong when run)
@@ -160,6 +161,7 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
     from treegrpo.inference import load_config, load_policy
     from treegrpo.utils import parse_json_object
 
+    device = pick_device(device)  # a missing GPU is reported before anything is read or loaded
     ckpt_path = resolve_path(checkpoint) if checkpoint.strip() else None
     if config.strip():
         config_path = resolve_config(config)
@@ -167,17 +169,15 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
         config_path = ckpt_path / "config.py"
     else:
         raise ValueError("config is empty: give a config file, or a run folder (with its config.py) as checkpoint")
-    overrides = resolve_path_values(parse_json_object(options, "options"), "options")
-    blocked = sorted(k for k in overrides if str(k).split(".")[0] in ("custom_imports", "_base_"))
-    if blocked:
-        raise ValueError(f"options may not set {blocked}: code imports belong in the config file itself")
+    overrides = parse_json_object(options, "options")
+    refuse_forbidden_keys(overrides, "options")
+    overrides = resolve_path_values(overrides, "options")
     if model_path.strip():
         overrides["policy.model_path"] = model_path.strip()
     cfg = load_config(config_path, overrides)
     folder = cfg.get("policy", {}).get("model_path")
     if folder is not None:
         cfg.policy.model_path = policy_model_folder(str(folder))
-    device = pick_device(device)
     free_comfy_memory()
     with comfy_loading():
         policy, kernel = load_policy(cfg, None, device)
@@ -189,18 +189,15 @@ def load_pipeline(config: str, checkpoint: str = "", device: str = "auto", model
 
 # --- rewards ----------------------------------------------------------------------------------
 def reward_names() -> list[str]:
-    """Registered reward types the nodes run (for the node combos; HTTPReward is left out).
+    """Registered reward types the nodes run (:func:`safety.pack_allows`; for the node combos).
     Never raises, as ComfyUI calls it from INPUT_TYPES: when the registry cannot be read (treegrpo
     missing or broken), the error is logged and :data:`FALLBACK_REWARDS` is returned."""
     try:
-        from treegrpo.registry import REWARDS, registered_names
-
-        names = registered_names(REWARDS)
+        return pack_reward_names()
     except Exception as error:  # noqa: BLE001 - INPUT_TYPES must not fail
         logger.warning("treegrpo nodes: cannot list the registered rewards (%s: %s); showing the "
                        "built-in names", type(error).__name__, error)
         return list(FALLBACK_REWARDS)
-    return [name for name in names if name not in REFUSED_REWARDS]
 
 
 _REWARD_CACHE: dict[str, Any] = {}
@@ -208,9 +205,11 @@ _REWARD_CACHE: dict[str, Any] = {}
 
 def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -> tuple[Any, str]:
     """(reward object, type name). ``name`` is a registered reward type, or 'config' for ``base``
-    (the pipeline config's reward); ``kwargs`` (JSON) override its arguments. The spec is checked
-    by :func:`safety.check_reward_spec` (no HTTPReward, models only from the model folders). The
-    last two built rewards are kept (weights loaded), so a reward model loads once per session."""
+    (the pipeline config's reward); ``kwargs`` (JSON) override its arguments and may not name
+    classes (:func:`safety.check_reward_kwargs`: only a WeightedSum's parts have a ``type``).
+    Every reward class, nested ones too, is checked after resolution and again on the built
+    object (:mod:`safety`: local rewards only, models only from the model folders). The last two
+    built rewards are kept (weights loaded), so a reward model loads once per session."""
     require_treegrpo()
     from treegrpo.registry import REWARDS, build
     from treegrpo.rewards.base import load_reward_weights
@@ -220,11 +219,11 @@ def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -
     if name == "config":
         if not base:
             raise ValueError("reward 'config' needs a pipeline whose config has a reward: pick a reward type")
+        reward_cls = allowed_reward_class(base.get("type"), "the config's reward.type")
+        check_reward_kwargs(extra, reward_cls)
         spec = {**dict(base), **extra, "type": base["type"]}
     else:
-        refuse_reward(name)
-        if name not in reward_names():
-            raise ValueError(f"unknown reward {name!r}; registered rewards: {reward_names()}")
+        check_reward_kwargs(extra, allowed_reward_class(name, "reward"))
         spec = {**extra, "type": name}
     spec = check_reward_spec(spec)
     key = json.dumps(spec, sort_keys=True, default=str)
@@ -232,7 +231,7 @@ def build_reward(name: str, kwargs: str | dict = "", base: dict | None = None) -
         while len(_REWARD_CACHE) >= 2:
             _REWARD_CACHE.pop(next(iter(_REWARD_CACHE)))
         with comfy_loading():
-            reward = build(REWARDS, spec)
+            reward = check_built_reward(build(REWARDS, spec))
             load_reward_weights(reward)
         _REWARD_CACHE[key] = reward
     return _REWARD_CACHE[key], str(spec["type"])

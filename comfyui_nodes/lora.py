@@ -1,4 +1,5 @@
-"""LoRA files: into a treegrpo policy (both exported layouts) and into ComfyUI's own MODEL.
+"""LoRA files: into a treegrpo policy (both exported layouts) and into ComfyUI's own MODEL (a
+diffusers-layout file converted on load, :func:`comfy_lora_state`).
 
 Layouts read by :func:`to_trainable_state`, for a LoRA module ``m`` (e.g.
 ``transformer_blocks.0.attn.to_q``) of the policy's denoiser; the parsing is
@@ -14,6 +15,8 @@ Layouts read by :func:`to_trainable_state`, for a LoRA module ``m`` (e.g.
 from __future__ import annotations
 
 import importlib
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +24,8 @@ import torch
 from .paths import require_safetensors, resolve_path
 
 PEFT_MARK = ".lora_A.default."
+DIFFUSERS_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+logger = logging.getLogger(__name__)
 
 
 def read_lora_modules(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, policy: Any,
@@ -90,6 +95,43 @@ def check_comfy_lora(state: dict[str, torch.Tensor], name: str) -> None:
         )
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The JSON metadata of a safetensors file (the header only; no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def comfy_lora_state(state: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> dict[str, torch.Tensor]:
+    """The tensors to give ComfyUI's LoRA loader for the file ``name``: a ComfyUI / kohya file
+    unchanged; a diffusers-layout file (what a run writes under ``lora/``) converted to the
+    ComfyUI layout with its alpha written as ``.alpha`` (ComfyUI would read its keys but ignore
+    the alpha in the metadata: scale 1 instead of alpha / r, half strength at alpha = 2r); a
+    treegrpo training checkpoint, or a diffusers file that cannot be converted, refused."""
+    from treegrpo.lora_export import detect_family, from_diffusers, to_comfyui, unsupported_modules
+
+    check_comfy_lora(state, name)
+    if not any(key.endswith(DIFFUSERS_SUFFIXES) for key in state):
+        return state
+    try:
+        prefix, modules = from_diffusers(state, metadata)
+        family = detect_family(modules, prefix)
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"{name} is a diffusers-layout LoRA that cannot be converted for ComfyUI ({error}); ComfyUI "
+            "would apply it ignoring its alpha. Export the run for ComfyUI and load that file: `python "
+            "tools/export_lora.py work_dirs/<config>/<stamp> --out "
+            f"ComfyUI/models/loras/{Path(name).stem}_comfyui.safetensors`"
+        ) from None
+    skipped = unsupported_modules(family, modules)
+    if skipped:
+        logger.warning("treegrpo LoRA %s: ComfyUI has no key for %d module(s), e.g. %s; they are skipped",
+                       name, len(skipped), skipped[:3])
+    logger.info("treegrpo LoRA %s: diffusers layout converted to ComfyUI's (alpha written per module)", name)
+    return to_comfyui(modules, family)
+
+
 def apply_lora_to_model(model: Any, lora_name: str, strength_model: float) -> Any:
     """ComfyUI's MODEL patched with the LoRA file ``lora_name`` (in the "loras" folders), through
     ComfyUI's own loader, as its LoraLoaderModelOnly does. Raises RuntimeError outside ComfyUI."""
@@ -105,7 +147,6 @@ def apply_lora_to_model(model: Any, lora_name: str, strength_model: float) -> An
     path = require_safetensors(resolve_path(lora_name, "loras"))
     if strength_model == 0:
         return model
-    lora = comfy_utils.load_torch_file(str(path), safe_load=True)
-    check_comfy_lora(lora, path.name)
+    lora = comfy_lora_state(comfy_utils.load_torch_file(str(path), safe_load=True), read_metadata(path), path.name)
     new_model, _ = comfy_sd.load_lora_for_models(model, None, lora, strength_model, 0)
     return new_model

@@ -11,8 +11,15 @@ prompt can set every widget).
 - Weights load from safetensors only: a ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` reward
   checkpoint is refused (convert it once with the reward's converter, e.g.
   ``python -m treegrpo.rewards.clip_convert``), as is a model folder with pickle-only weights.
-- Rewards that reach the network (``HTTPReward``: a workflow could make the server send requests
-  to any address) are refused.
+- No JSON input chooses what is built or imported: ``options`` and ``reward_kwargs`` may not hold
+  the keys :data:`FORBIDDEN_KEYS` at any depth (dotted keys too, ``"kernel.type"``). The one
+  exception is a WeightedSum's parts: each item of its ``"rewards"`` list names its reward in
+  ``"type"``; the node's own reward comes from its ``reward`` widget.
+- Only the rewards :func:`pack_allows` are run, checked by class after resolution in the reward
+  registry (at every nesting level, and again on the built object): the local rewards treegrpo
+  ships, plus plugin rewards whose class sets ``comfyui_allowed = True``. Rewards that reach the
+  network (``HTTPReward`` and its subclasses: a workflow could make the server send requests to
+  any address) are refused, opted in or not.
 """
 from __future__ import annotations
 
@@ -25,7 +32,9 @@ from .paths import check_model_folder, model_roots, require_safetensors, resolve
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 PATH_KEYS = ("checkpoint", "weights", "path", "model_path", "model", "tokenizer", "clip_model")
-REFUSED_REWARDS = ("HTTPReward",)
+# keys that would let a JSON input pick a class, drop a config section or import code
+FORBIDDEN_KEYS = ("type", "_delete_", "custom_imports", "_base_", "_scope_")
+SHIPPED_REWARDS_PACKAGE = "treegrpo.rewards."
 
 
 def is_path_key(key: Any) -> bool:
@@ -34,14 +43,119 @@ def is_path_key(key: Any) -> bool:
     return last in PATH_KEYS or last.endswith("_path")
 
 
-def refuse_reward(name: str) -> None:
-    """Raise ValueError for a reward type the nodes do not run."""
-    if name in REFUSED_REWARDS:
+def is_network_reward(cls: type) -> bool:
+    """True for HTTPReward and its subclasses (rewards that send the images to a URL)."""
+    from treegrpo.rewards.http import HTTPReward
+
+    return issubclass(cls, HTTPReward)
+
+
+def pack_allows(cls: type) -> bool:
+    """True for a reward class the nodes run: not a network reward, and shipped by treegrpo
+    (defined in ``treegrpo.rewards``) or a plugin class that sets ``comfyui_allowed = True``."""
+    shipped = cls.__module__.startswith(SHIPPED_REWARDS_PACKAGE)
+    return not is_network_reward(cls) and (shipped or getattr(cls, "comfyui_allowed", False) is True)
+
+
+def check_pack_reward(cls: type, where: str) -> type:
+    """``cls`` if the nodes run it (:func:`pack_allows`), else a ValueError naming the fix."""
+    if is_network_reward(cls):
         raise ValueError(
-            f"{name} is not available in the ComfyUI nodes: it sends the images to a URL that a "
-            "workflow could point at any address reachable from the ComfyUI server (SSRF). Score "
+            f"{where}: {cls.__name__} is not available in the ComfyUI nodes: it sends the images to a URL "
+            "that a workflow could point at any address reachable from the ComfyUI server (SSRF). Score "
             "with a local reward here, or use HTTPReward in training configs (tools/train.py)"
         )
+    if not pack_allows(cls):
+        raise ValueError(
+            f"{where}: the plugin reward {cls.__module__}.{cls.__name__} is not enabled for the ComfyUI "
+            "nodes; its author enables it by setting the class attribute comfyui_allowed = True (for a "
+            "reward that runs locally and names its file arguments as in comfyui_nodes/safety.py PATH_KEYS)"
+        )
+    return cls
+
+
+def allowed_reward_class(type_: Any, where: str) -> type:
+    """The reward class ``type_`` names in the reward registry (never an import path), checked
+    by :func:`check_pack_reward`; a ValueError naming ``where`` otherwise."""
+    from treegrpo.registry import REWARDS, resolve_type
+
+    try:
+        cls = resolve_type(REWARDS, type_)
+    except KeyError:
+        raise ValueError(f"{where}: unknown reward {type_!r} (a registered reward name is needed; import "
+                         f"paths are not followed); the nodes run {pack_reward_names()}") from None
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return check_pack_reward(cls, where)
+
+
+def pack_reward_names() -> list[str]:
+    """Sorted names of the registered rewards the nodes run (:func:`pack_allows`)."""
+    from treegrpo.registry import REWARDS, registered_names, resolve_type
+
+    return [name for name in registered_names(REWARDS) if pack_allows(resolve_type(REWARDS, name))]
+
+
+def is_combination(cls: type) -> bool:
+    """True for WeightedSum (and subclasses): rewards whose ``rewards`` argument lists parts."""
+    from treegrpo.rewards.combine import WeightedSum
+
+    return issubclass(cls, WeightedSum)
+
+
+def refuse_forbidden_keys(values: Any, where: str) -> None:
+    """Raise ValueError if a key of :data:`FORBIDDEN_KEYS` (or a dotted key with one as a part)
+    appears at any depth of the JSON-like ``values``."""
+    if isinstance(values, dict):
+        for key, item in values.items():
+            at = f"{where}.{key}"
+            if any(part in FORBIDDEN_KEYS for part in str(key).split(".")):
+                raise ValueError(
+                    f"{at}: a workflow may not set the keys {list(FORBIDDEN_KEYS)} (they choose which "
+                    "classes are built or which code is imported). Pick the reward with the node's "
+                    "reward input; change the policy, kernel or imports in the config file in the treegrpo "
+                    "model folder"
+                )
+            refuse_forbidden_keys(item, at)
+    elif isinstance(values, (list, tuple)):
+        for index, item in enumerate(values):
+            refuse_forbidden_keys(item, f"{where}[{index}]")
+
+
+def check_reward_kwargs(kwargs: dict, cls: type, where: str = "reward_kwargs") -> None:
+    """Refuse :data:`FORBIDDEN_KEYS` in the arguments ``kwargs`` of the reward class ``cls``,
+    except each part's ``type`` in the ``rewards`` list of a WeightedSum, which must name a
+    reward the nodes run (:func:`allowed_reward_class`; nested WeightedSums checked the same way)."""
+    for key, value in kwargs.items():
+        if key == "rewards" and is_combination(cls) and isinstance(value, (list, tuple)):
+            for index, part in enumerate(value):
+                at = f"{where}.rewards[{index}]"
+                if not isinstance(part, dict) or "type" not in part:
+                    raise ValueError(f'{at} must be an object naming its reward, e.g. {{"type": "Colorfulness"}}')
+                part_cls = allowed_reward_class(part["type"], f"{at}.type")
+                check_reward_kwargs({k: v for k, v in part.items() if k != "type"}, part_cls, at)
+        else:
+            refuse_forbidden_keys({key: value}, where)
+
+
+def check_reward_classes(spec: Any, where: str = "reward") -> None:
+    """Every reward of a full spec (``type`` at its root and in each WeightedSum's parts, at any
+    depth) is one the nodes run (:func:`allowed_reward_class`)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a reward config object with a type, got {type(spec).__name__}")
+    cls = allowed_reward_class(spec.get("type"), f"{where}.type")
+    if is_combination(cls):
+        for index, part in enumerate(spec.get("rewards") or []):
+            check_reward_classes(part, f"{where}.rewards[{index}]")
+
+
+def check_built_reward(reward: Any, where: str = "reward") -> Any:
+    """``reward`` if its class and those of its parts (WeightedSum.parts) are ones the nodes run."""
+    check_pack_reward(type(reward), where)
+    if is_combination(type(reward)):
+        for index, part in enumerate(reward.parts):
+            check_built_reward(part, f"{where}.parts[{index}]")
+    return reward
 
 
 def resolve_model_value(value: str, where: str, how: str = "") -> str:
@@ -77,7 +191,7 @@ def resolve_path_values(values: Any, where: str = "options") -> Any:
     """A copy of ``values`` (JSON-like: dicts, lists, scalars) with every string under a path key
     (:func:`is_path_key`, at any depth; list items under a path key too) resolved inside the
     treegrpo model folders. Raises PathNotAllowedError for a path outside them,
-    FileNotFoundError for one not in them, ValueError for a refused reward ``type``."""
+    FileNotFoundError for one not in them."""
 
     label = "reward_kwargs" if where == "reward" else where
 
@@ -85,8 +199,6 @@ def resolve_path_values(values: Any, where: str = "options") -> Any:
         if isinstance(value, dict):
             out = {}
             for name, item in value.items():
-                if str(name).rsplit(".", 1)[-1] == "type":
-                    refuse_reward(item if isinstance(item, str) else getattr(item, "__name__", item))
                 out[name] = walk(item, f"{at}.{name}", str(name) if is_path_key(name) else None)
             return out
         if isinstance(value, (list, tuple)):
@@ -102,14 +214,17 @@ def with_model_defaults(spec: Any) -> Any:
     """A copy of a reward spec where every registered reward (nested ones too, e.g. in a
     WeightedSum) gets the defaults of its path arguments written out (so a default hub id is
     checked like a given one)."""
-    from treegrpo.registry import REWARDS
+    from treegrpo.registry import REWARDS, resolve_type
 
     if isinstance(spec, (list, tuple)):
         return type(spec)(with_model_defaults(item) for item in spec)
     if not isinstance(spec, dict):
         return spec
     out = {key: with_model_defaults(item) for key, item in spec.items()}
-    cls = REWARDS.get(out["type"]) if isinstance(out.get("type"), str) else None
+    try:
+        cls = resolve_type(REWARDS, out["type"]) if "type" in out else None
+    except (KeyError, TypeError):
+        cls = None  # not a reward: check_reward_classes has checked every reward type
     if inspect.isclass(cls):
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if name not in out and is_path_key(name) and isinstance(param.default, str) and param.default:
@@ -118,8 +233,9 @@ def with_model_defaults(spec: Any) -> Any:
 
 
 def check_reward_spec(spec: dict) -> dict:
-    """The reward spec to build: refused types rejected, path arguments (defaults included)
-    resolved inside the model folders."""
+    """The reward spec to build: every reward class checked (:func:`check_reward_classes`), path
+    arguments (defaults included) resolved inside the model folders."""
+    check_reward_classes(spec)
     return resolve_path_values(with_model_defaults(spec), "reward")
 
 

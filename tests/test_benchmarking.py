@@ -1,7 +1,9 @@
+import math
+
 import numpy as np
 import pytest
 
-from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, summarize
+from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, speedup, summarize
 
 
 def test_first_crossing_interpolates_linearly():
@@ -87,3 +89,20 @@ def test_benchmark_smoke_run_writes_every_file(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| treegrpo_toy_shapes |" in summary and "| grpo_toy_shapes |" in summary
     assert "budget per run: 2 (iters)" in summary
+
+
+def test_target_met_at_cost_zero_is_reached_not_missing():
+    # "good" starts above the baseline's final reward (0.6): met at 0 s / 0 NFE, infinitely faster;
+    # "flat" (the baseline of the second case) never improves: it meets its own target at 0, x1.
+    runs = {"grpo": [linear_run(0.001, 1000)], "good": [linear_run(0.0, 1000, start=0.7)]}
+    rows = {r.name: r for r in summarize(runs, baseline="grpo")}
+    assert rows["good"].seconds_to_target == 0.0 and rows["good"].nfe_to_target == 0.0
+    assert rows["good"].speedup_time == math.inf and rows["good"].speedup_nfe == math.inf
+    table = markdown_table(list(rows.values()), target=0.6)
+    assert "| good | 0.7000 +- 0.0000 | 0.0 | 0 | inf (target met at cost 0) | inf (target met at cost 0) |" in table
+    flat = {"flat": [linear_run(0.0, 1000, start=0.6)], "grpo": [linear_run(0.001, 1000)]}
+    rows = {r.name: r for r in summarize(flat, baseline="flat")}
+    assert rows["flat"].seconds_to_target == 0.0 and rows["flat"].speedup_time == 1.0
+    assert rows["grpo"].seconds_to_target == pytest.approx(100.0) and rows["grpo"].speedup_time == 0.0
+    assert "not reached" not in markdown_table(list(rows.values()), target=0.6)
+    assert speedup(None, 3.0) is None and speedup(5.0, None) is None and speedup(6.0, 3.0) == 2.0

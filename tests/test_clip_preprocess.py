@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from treegrpo.rewards.clip_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, center_crop_offsets,
-                                              clip_preprocess, resized_shape)
+                                              clip_preprocess, letterbox_padding, letterbox_preprocess,
+                                              letterbox_shape, resized_shape)
 
 
 def rand_images(num: int, height: int = 40, width: int = 48, seed: int = 0) -> torch.Tensor:
@@ -67,3 +68,52 @@ def test_clamp_flag_keeps_bicubic_overshoot():
     assert clamped.min() >= 0.0 and clamped.max() <= 1.0
     assert raw.min() < 0.0 and raw.max() > 1.0
     torch.testing.assert_close(raw.clamp(0, 1), clamped)
+
+
+# --- HPS-v2's letterbox (open_clip ResizeMaxSize) ---------------------------------------------
+
+
+def normalised(canvas: np.ndarray, channel: int) -> np.ndarray:
+    return (canvas - OPENAI_CLIP_MEAN[channel]) / OPENAI_CLIP_STD[channel]
+
+
+def test_letterbox_shape_and_padding_by_hand():
+    assert letterbox_shape(100, 50, 224) == (224, 112)
+    assert letterbox_shape(50, 100, 224) == (112, 224)
+    assert letterbox_shape(640, 427, 224) == (224, 149)  # round(149.45)
+    assert letterbox_shape(448, 225, 224) == (224, 112)  # round(112.5) = 112 (Python's rounding)
+    assert letterbox_shape(448, 227, 224) == (224, 114)  # round(113.5) = 114
+    assert letterbox_padding(224, 112, 224) == (56, 56, 0, 0)  # (left, right, top, bottom)
+    assert letterbox_padding(149, 224, 224) == (0, 0, 37, 38)  # odd margin: the extra row at the bottom
+    with pytest.raises(ValueError, match="too elongated"):
+        letterbox_shape(1, 1000, 224)
+
+
+def test_letterbox_equals_a_hand_built_padded_image():
+    """A 100x50 image -> 224x112 (PIL's bicubic) pasted at column 56 of a black 224x224 canvas."""
+    image = rand_images(1, 100, 50, seed=3)
+    out = letterbox_preprocess(image, size=224)
+    assert out.shape == (1, 3, 224, 224)
+    for c in range(3):
+        resized = np.asarray(Image.fromarray(image[0, c].numpy(), mode="F").resize((112, 224), Image.BICUBIC))
+        canvas = np.zeros((224, 224), dtype=np.float32)
+        canvas[:, 56:168] = resized  # not clamped: hpsv2 resizes the float tensor
+        np.testing.assert_allclose(out[0, c].numpy(), normalised(canvas, c), atol=5e-5)  # float32 PIL
+    # wide, odd margin, no resize: 8x5 at size 8 -> 1 black column left, 2 right
+    small = rand_images(1, 5, 8, seed=4)
+    out = letterbox_preprocess(small, size=8)
+    for c in range(3):
+        canvas = np.zeros((8, 8), dtype=np.float32)
+        canvas[1:6] = small[0, c].numpy()
+        np.testing.assert_allclose(out[0, c].numpy(), normalised(canvas, c), atol=1e-6)
+
+
+def test_letterbox_is_not_the_crop_and_is_differentiable():
+    image = rand_images(2, 60, 30, seed=5).requires_grad_(True)
+    boxed = letterbox_preprocess(image, size=16)
+    cropped = clip_preprocess(image, size=16, clamp=False)
+    assert not torch.allclose(boxed, cropped)
+    square = rand_images(1, 32, 32, seed=6)  # square images: the two transforms agree
+    torch.testing.assert_close(letterbox_preprocess(square, 16), clip_preprocess(square, 16, clamp=False))
+    boxed.square().sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0

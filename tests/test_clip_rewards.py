@@ -20,7 +20,8 @@ from treegrpo.rewards.clip_convert import (AestheticMLP, aesthetic_mlp_from_stat
                                            open_clip_to_transformers)
 from treegrpo.rewards.clip_family import (Aesthetic, CLIPScore, HPSv2, PickScore, _from_pretrained,
                                           image_embeds, load_clip_model, text_embeds, tokenize)
-from treegrpo.rewards.clip_preprocess import clip_preprocess
+from treegrpo.rewards.clip_preprocess import clip_preprocess, letterbox_preprocess
+from treegrpo.rewards.clip_text import clean_clip_text
 
 VOCAB, CTX, EMBED = 514, 77, 16  # byte-level tokenizer: 512 bytes + <|startoftext|> + <|endoftext|>
 V_WIDTH, V_HEADS, T_WIDTH, T_HEADS, PATCH, IMAGE = 32, 4, 24, 3, 8, 32
@@ -241,11 +242,44 @@ def test_hps_equals_cosine_of_the_open_clip_reference(weights):
     images = rand_images(3, 50, 37)
     prompts = PROMPTS[:3]
     reward = make_rewards(weights)["HPSv2"]
-    pixels = clip_preprocess(images, IMAGE, crop_rounding="round", clamp=False)  # HPS resizes the float tensor
+    pixels = letterbox_preprocess(images, IMAGE)  # hpsv2: longest side to 32, black padding, no crop
     ids = tokenize(byte_level_clip_tokenizer(), prompts, CTX)
     state = open_clip_state(seed=1)
     expected = F.cosine_similarity(ref_image_features(state, pixels), ref_text_features(state, ids))
     torch.testing.assert_close(reward(images, prompts), expected, atol=1e-5, rtol=1e-5)
+
+
+# text: ftfy, HTML entities twice, whitespace, lower case (OpenAI CLIP / open_clip), in that order
+DIRTY = {"fish &amp; chips": "fish & chips", "it\u2019s a \u201ccat\u201d": 'it\'s a "cat"',
+         "caf\u00c3\u00a9 au lait": "caf\u00e9 au lait", "&amp;lt;b&amp;gt; tag": "<b> tag",
+         "  Two\n\tDOGS  ": "two dogs"}
+
+
+def test_clean_clip_text_by_hand():
+    assert {dirty: clean_clip_text(dirty) for dirty in DIRTY} == DIRTY
+
+
+def test_hps_and_clipscore_tokenize_cleaned_text_pickscore_does_not(weights):
+    tokenizer = byte_level_clip_tokenizer()
+    dirty, clean = list(DIRTY), list(DIRTY.values())
+    assert not torch.equal(tokenize(tokenizer, dirty, CTX), tokenize(tokenizer, clean, CTX))
+    rewards = make_rewards(weights)
+    for name in ("HPSv2", "CLIPScore"):
+        reward = rewards[name].load()
+        torch.testing.assert_close(reward._ids(dirty, reward.model, reward.tokenizer), tokenize(tokenizer, clean, CTX))
+    pick = rewards["PickScore"].load()  # the README's CLIPProcessor tokenizes the raw text
+    torch.testing.assert_close(pick._ids(dirty, pick.model, pick.tokenizer), tokenize(tokenizer, dirty, CTX))
+    images = rand_images(len(dirty), seed=7)
+    torch.testing.assert_close(rewards["HPSv2"](images, dirty), rewards["HPSv2"](images, clean))
+
+
+def test_missing_ftfy_is_named(weights, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ftfy", None)  # import ftfy now raises ImportError
+    with pytest.raises(ImportError, match=r"ftfy package.*pip install ftfy"):
+        make_rewards(weights)["CLIPScore"].load()
+    assert make_rewards(weights)["PickScore"].load() is not None  # PickScore does not clean
 
 
 def test_pickscore_clipscore_aesthetic_formulas(weights):

@@ -240,6 +240,18 @@ def test_pick_device_follows_comfyui(monkeypatch):
         logic.pick_device("tpu")
 
 
+def test_cuda_without_a_gpu_is_refused_before_anything_loads(root, monkeypatch):
+    import treegrpo.inference
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loads = []
+    monkeypatch.setattr(treegrpo.inference, "load_policy", lambda *args: loads.append(args))
+    monkeypatch.setattr(treegrpo.inference, "load_config", lambda *args: loads.append(args))
+    with pytest.raises(RuntimeError, match="device is 'cuda' but PyTorch sees no CUDA GPU.*set device to 'auto'"):
+        NODES["TreegrpoLoadCheckpoint"]().load("toy.py", "runs/toy", "cuda")
+    assert loads == []
+
+
 def test_load_inside_comfyui_frees_its_models_then_loads_under_comfy_tqdm(root, monkeypatch):
     import treegrpo.inference
 
@@ -351,6 +363,36 @@ def test_apply_lora_uses_comfyui_loader(root, monkeypatch):
     save_file({"blocks.0.to_q.lora_A.default.weight": torch.ones(2, 3)}, str(root / "loras" / "raw.safetensors"))
     with pytest.raises(ValueError, match="export_lora"):
         apply(model, "raw.safetensors", 1.0)
+
+
+def test_apply_lora_converts_the_diffusers_layout_a_run_writes(root, monkeypatch):
+    """ComfyUI reads a diffusers file's keys but not the alpha in its metadata (scale 1): the node
+    hands it the ComfyUI layout with .alpha, so the applied update is the trained (alpha / r) B A."""
+    from treegrpo.lora_export import LoraModule, diffusers_state
+
+    (root / "loras").mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    modules = {name: LoraModule(down=torch.randn(4, 8, generator=gen), up=torch.randn(8, 4, generator=gen), alpha=8.0)
+               for name in ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_out.0")}
+    state, metadata = diffusers_state(modules, "transformer")  # as checkpoints/iter_<n>/lora/ holds it
+    save_file(state, str(root / "loras" / "run_lora.safetensors"), metadata=metadata)
+    calls = []
+    fake_comfy(monkeypatch, calls)
+    NODES["TreegrpoApplyLoRA"]().apply(object(), "run_lora.safetensors", 1.0)
+    handed = calls[-1][3]
+    for name, module in modules.items():
+        key = "lora_transformer_" + name.replace(".", "_")
+        down, up, alpha = handed[f"{key}.lora_down.weight"], handed[f"{key}.lora_up.weight"], handed[f"{key}.alpha"]
+        comfy_delta = alpha.item() / down.shape[0] * (up @ down)  # what ComfyUI's calculate_weight adds
+        assert torch.allclose(comfy_delta, 2.0 * module.up @ module.down)  # alpha 8 / r 4
+    assert len(handed) == 3 * len(modules)
+
+    mixed = {"unet.a.lora_A.weight": torch.ones(2, 3), "unet.a.lora_B.weight": torch.ones(3, 2),
+             "text_encoder.b.lora_A.weight": torch.ones(2, 3), "text_encoder.b.lora_B.weight": torch.ones(3, 2)}
+    save_file(mixed, str(root / "loras" / "mixed.safetensors"))
+    with pytest.raises(ValueError, match=r"mixed.safetensors is a diffusers-layout LoRA.*python tools/export_lora.py "
+                                         r"work_dirs/<config>/<stamp> --out ComfyUI/models/loras/mixed_comfyui"):
+        NODES["TreegrpoApplyLoRA"]().apply(object(), "mixed.safetensors", 1.0)
 
 
 # --- example workflows --------------------------------------------------------------------------

@@ -20,8 +20,10 @@ STOCK = {
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], ["IMAGE"]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "PreviewImage": ([("images", "IMAGE")], [], []),
-    "PreviewAny": ([("source", "*")], [], ["STRING"]),
+    "PreviewAny": ([("source", "*")], [], []),  # an output node: RETURN_TYPES = ()
 }
+# output nodes of ComfyUI that have no output slot
+NO_OUTPUTS = {"PreviewAny", "PreviewImage", "SaveImage"}
 WORKFLOWS = ROOT / "comfyui_nodes" / "workflows"
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
@@ -79,6 +81,23 @@ def test_workflows_are_valid_and_ui_matches_api(name):
     assert rebuilt == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
 
 
+@pytest.mark.parametrize("name", ["toy_branched_denoising", "sd35_treegrpo_lora"])
+def test_ui_output_slots_are_the_node_classes_outputs(name):
+    """Each treegrpo node's output slots are its RETURN_TYPES / RETURN_NAMES (list outputs drawn as
+    lists), and ComfyUI's output nodes (PreviewAny, ...) have none: a slot the class lacks makes
+    the frontend draw a dangling output."""
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node in ui["nodes"]:
+        slots = node["outputs"]
+        if node["type"] in NO_OUTPUTS:
+            assert slots == [], (node["id"], node["type"])
+        elif node["type"] in NODES:
+            cls = NODES[node["type"]]
+            assert [(o["name"], o["type"]) for o in slots] == list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES))
+            is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * len(slots))
+            assert [o.get("shape") == 6 for o in slots] == list(is_list), node["id"]  # 6: LiteGraph's list shape
+
+
 def test_sd35_workflow_samples_at_the_trained_settings():
     from mmengine.config import Config
 
@@ -111,3 +130,21 @@ def test_toy_api_workflow_runs_through_our_nodes(monkeypatch):
     (tree, leaves, table), (scores, score_table) = results["2"], results["6"]
     assert leaves.shape == (8, 32, 32, 3) and len(parse_table(table)) == 8 and tree.shape[0] == 1
     assert len(scores) == 8 and all(s < 0 for s in scores) and "JPEGCompressibility" in score_table
+
+
+def test_comfyui_example_writes_under_work_dirs_unless_asked_for_the_docs_picture(tmp_path, monkeypatch):
+    """tools/comfyui_example.py must not overwrite the tracked docs/ picture by default."""
+    from tools import comfyui_example
+
+    monkeypatch.setitem(sys.modules, "folder_paths", None)
+    monkeypatch.setitem(sys.modules, "comfy", None)
+    assert comfyui_example.parse_args([]).out == str(ROOT / "work_dirs" / "comfyui_example" /
+                                                     "comfyui_branched_denoising.png")
+    assert comfyui_example.parse_args(["--docs"]).out == str(ROOT / "docs" / "comfyui_branched_denoising.png")
+    with pytest.raises(SystemExit):
+        comfyui_example.parse_args(["--docs", "--out", "x.png"])
+    out = comfyui_example.main(["--out", str(tmp_path / "tree.png"), "--steps", "3", "--depth", "1",
+                                "--window-start", "0"])
+    from PIL import Image
+
+    assert out == tmp_path / "tree.png" and Image.open(out).size[0] > 100

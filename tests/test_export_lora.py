@@ -267,3 +267,46 @@ def test_export_of_the_ema_weights(tmp_path, tiny):
     train_main([str(write_run_config(tmp_path / "plain.py", policy, SD3["kernel"])), "--work-dir", str(without)])
     with pytest.raises(FileNotFoundError, match="ema.safetensors does not exist: the run had no EMAHook"):
         load_checkpoint_lora(without / "checkpoints" / "iter_1", source="ema")
+
+
+def test_export_refuses_bad_alpha_out_suffix_and_a_family_the_run_contradicts(sd3_run, tmp_path):
+    _, run_dir = sd3_run
+    out = str(tmp_path / "x.safetensors")
+    for alpha in ("-8", "0", "nan", "inf"):
+        with pytest.raises(ValueError, match=rf"alpha must be a positive number .*got alpha={alpha}"):
+            export_main([str(run_dir), "--out", out, "--alpha", alpha])
+    for bad_out in ("lora.pt", "lora", "lora.safetensors.json"):
+        with pytest.raises(ValueError, match=r"--out must end in \.safetensors"):
+            export_main([str(run_dir), "--out", str(tmp_path / bad_out)])
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        export_main([str(run_dir), "--out", str(tmp_path / "folder.safetensors")])
+    for family in ("sd15", "flux"):  # the run's config.py says SD3Policy
+        with pytest.raises(ValueError, match=rf"family '{family}' does not match the run: its config.py has "
+                                             r"policy.type='SD3Policy' \(family 'sd3'\).*--family sd3"):
+            export_main([str(run_dir), "--out", out, "--family", family])
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.safetensors"]  # nothing written
+    # without the run's config.py: the diffusers key prefix, then the module names decide
+    import shutil
+
+    lone = tmp_path / "lone_iter"
+    shutil.copytree(run_dir / "checkpoints" / "iter_1", lone)
+    with pytest.raises(ValueError, match=r"keys start with 'transformer\.' \(family flux or sd3\)"):
+        export_main([str(lone), "--out", out, "--family", "sd15"])
+    with pytest.raises(ValueError, match=r"which are 'sd3' modules; .* --family sd3"):
+        export_main([str(lone), "--out", out, "--family", "sd15", "--source", "peft"])
+    written = export_main([str(run_dir), "--out", out, "--family", "sd3", "--alpha", "4"])
+    assert {v.item() for k, v in read_safetensors(written)[0].items() if k.endswith(".alpha")} == {4.0}
+
+
+def test_check_family_matches_by_module_names():
+    from treegrpo.lora_export import check_family_matches
+
+    assert check_family_matches("flux", ["transformer_blocks.0.attn.to_q"]) == "flux"  # FLUX double blocks only
+    assert check_family_matches("sd3", ["made_up.linear"]) == "sd3"  # nothing contradicts it
+    with pytest.raises(ValueError, match="which are 'flux' modules"):
+        check_family_matches("sd3", ["single_transformer_blocks.0.attn.to_q"])
+    with pytest.raises(ValueError, match="which are 'sd15' modules"):
+        check_family_matches("flux", ["down_blocks.0.attentions.0.proj_in"])
+    with pytest.raises(ValueError, match="policy.type='FluxPolicy'"):
+        check_family_matches("sd3", ["transformer_blocks.0.attn.to_q"], "transformer", "FluxPolicy")

@@ -193,7 +193,60 @@ def test_a_dead_port_raises_naming_the_url_and_attempts():
     (dict(url="http://x", backoff=-1.0), "backoff must be a number of seconds >= 0"),
     (dict(url="http://x", batch_size=0), "batch_size must be None or an integer >= 1"),
     (dict(url="http://x", headers={"X-Key": 1}), "headers must map strings to strings"),
+    (dict(url="http://x:port/"), "url must name a host and an optional numeric port"),
+    (dict(url="http://", timeout=1), "url must name a host"),
+    (dict(url="http://x", timeout=float("inf")), "timeout must be a number of seconds > 0"),
+    (dict(url="http://x", secret_env=""), "secret_env must be the name of an environment variable"),
 ])
 def test_argument_errors_name_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HTTPReward(**kwargs)
+
+
+class Dripping(RewardHandler):
+    """Answers one byte every 0.5 s (a complete answer would take ~20 s): every single socket
+    read succeeds well within any timeout, only the whole request is too slow."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        answer = b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"scores": [1.0]}'
+        for byte in answer[:40]:
+            try:
+                self.wfile.write(bytes([byte]))
+            except OSError:  # the client gave up: stop dripping
+                return
+            time.sleep(0.5)
+
+
+@pytest.mark.parametrize("timeout, retries", [(2.0, 0), (1.0, 1)])
+def test_timeout_bounds_the_whole_request_not_each_read(timeout, retries):
+    with serving(dict(type="JPEGCompressibility"), Dripping) as url:
+        start = time.monotonic()
+        with pytest.raises(RewardError) as info:
+            HTTPReward(url, timeout=timeout, retries=retries, backoff=0.0)(quantized_images(1), ["a"])
+        elapsed = time.monotonic() - start
+    assert 1.9 < elapsed < 3.0, elapsed  # (retries + 1) * timeout = 2 s; the answer needs ~20 s
+    message = str(info.value)
+    assert f"after {retries + 1} attempt(s) (timeout {timeout:g} s each)" in message
+    assert f"TimeoutError: no complete answer within {timeout:g} s (the whole request)" in message
+
+
+def test_secret_env_must_name_a_set_variable_and_is_not_shown(monkeypatch):
+    monkeypatch.delenv("TREEGRPO_TEST_SECRET", raising=False)
+    with pytest.raises(ValueError, match=r"secret_env='TREEGRPO_TEST_SECRET'.*not set: "
+                                         r"export TREEGRPO_TEST_SECRET="):
+        HTTPReward("http://127.0.0.1:1/", secret_env="TREEGRPO_TEST_SECRET")
+    monkeypatch.setenv("TREEGRPO_TEST_SECRET", "short")
+    with pytest.raises(ValueError, match="at least 16 printable ASCII characters"):
+        HTTPReward("http://127.0.0.1:1/", secret_env="TREEGRPO_TEST_SECRET")
+    monkeypatch.setenv("TREEGRPO_TEST_SECRET", "x" * 32)
+    reward = HTTPReward("http://127.0.0.1:1/", secret_env="TREEGRPO_TEST_SECRET")
+    assert reward.headers["X-Treegrpo-Secret"] == "x" * 32 and "x" * 32 not in repr(reward)
+
+
+def test_images_of_different_sizes_are_refused_before_decoding():
+    small, large = encode_png(quantized_images(1, size=8)), encode_png(quantized_images(1, size=16))
+    with pytest.raises(ValueError, match=r"images\[1\] has size \(16, 16\), images\[0\] has \(8, 8\)"):
+        decode_png(small + large)
+    with pytest.raises(ValueError, match=r"images\[0\] must be a base64 string, got int"):
+        decode_png([3])

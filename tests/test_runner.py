@@ -192,8 +192,9 @@ def test_resume_auto_finds_the_newest_run(tmp_path, monkeypatch):
     config = write_config(tmp_path, name="auto_cfg.py", iters=2)
     monkeypatch.setenv("TREEGRPO_RUN_STAMP", "20260101_000000")
     first = train_main([config])
-    run_dir = tmp_path / "work_dirs" / "auto_cfg" / "20260101_000000"
-    assert first.work_dir == run_dir and (run_dir / "checkpoints" / "iter_2").is_dir()
+    run_dir = first.work_dir
+    assert run_dir.parent == tmp_path / "work_dirs" / "auto_cfg" and run_dir.name.startswith("20260101_000000_seed3_")
+    assert (run_dir / "checkpoints" / "iter_2").is_dir()
     resumed = train_main([config, "--resume", "--cfg-options", "max_iters=3"])
     assert resumed.work_dir == run_dir and resumed.iteration == 3
     assert [r["iter"] for r in read_log(run_dir)] == [1, 2, 3]
@@ -279,16 +280,26 @@ def test_reward_log_values_reach_the_log(tmp_path):
 
 def test_missing_reward_weights_fail_at_start_up(tmp_path):
     extra = "reward = dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')\n"
-    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth.*improved-aesthetic-predictor"):
+    with pytest.raises(ValueError, match="no_such_aesthetic.pth.*Aesthetic weights"):  # config check
         train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "log.jsonl").exists()  # failed before the first rollout
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
+    import tools.train as train_tool
+
+    monkeypatch.setattr(train_tool, "ROOT", tmp_path)
+    extra = "reward = dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')\n"
+    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
+        train_main([write_config(tmp_path, name="fails.py", extra=extra)])
+    assert not (tmp_path / "work_dirs" / "fails").exists() or not list((tmp_path / "work_dirs" / "fails").iterdir())
 
 
 def test_weighted_sum_loads_its_parts_at_start_up(tmp_path):
     extra = ("reward = dict(type='WeightedSum', weights=[1.0, 0.5], rewards=[\n"
              "    dict(type='MeanBrightnessReward'),\n"
              "    dict(type='Aesthetic', checkpoint='weights/no_such_aesthetic.pth')])\n")
-    with pytest.raises(FileNotFoundError, match="no_such_aesthetic.pth"):
+    with pytest.raises(ValueError, match=r"reward.rewards\[1\].checkpoint='weights/no_such_aesthetic.pth'"):
         train_main([write_config(tmp_path, extra=extra), "--work-dir", str(tmp_path / "run")])
 
 
@@ -337,3 +348,95 @@ def test_wandb_without_the_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(ImportError, match="pip install wandb"):
         train_main([write_config(tmp_path, extra="wandb = dict(project='x')\n"), "--work-dir", str(tmp_path / "r")])
+
+
+@LOSSES.register_module(force=True)
+class ScriptedRatioLoss:
+    """GRPOClipLoss whose reported ``ratio_max_dev`` follows a script, one value per call (per
+    micro-batch): only the second micro-batch of the first optimizer step deviates."""
+
+    needs_reference = False
+    script = [0.0, 0.25, 0.0, 0.9, 0.9, 0.9]
+    calls = 0
+
+    def __call__(self, log_prob_new, log_prob_old, advantages, kl=None):
+        from treegrpo.losses.grpo import GRPOClipLoss
+
+        loss, stats = GRPOClipLoss(clip_range=0.2)(log_prob_new, log_prob_old, advantages, kl)
+        stats["ratio_max_dev"] = ScriptedRatioLoss.script[ScriptedRatioLoss.calls]
+        ScriptedRatioLoss.calls += 1
+        return loss, stats
+
+
+def test_onpolicy_metric_covers_every_micro_batch_before_the_first_step(tmp_path):
+    """6 parents, 2 optimizer steps of 3 one-parent micro-batches: the metric is the max over the
+    first step's 3 micro-batches (0.25), not the first one's (0.0) nor a later step's (0.9)."""
+    ScriptedRatioLoss.calls = 0
+    extra = ("loss = dict(type='ScriptedRatioLoss')\n"
+             "update = dict(num_inner_epochs=1, num_minibatches=2, micro_batch_size=1)\n")
+    train_main([write_config(tmp_path, iters=1, extra=extra), "--work-dir", str(tmp_path / "run")])
+    assert ScriptedRatioLoss.calls == 6
+    assert read_log(tmp_path / "run")[0]["losses/onpolicy_ratio_max_dev"] == 0.25
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import tools.train as train_tool
+
+    monkeypatch.setattr(train_tool, "ROOT", tmp_path)
+    monkeypatch.setenv("TREEGRPO_RUN_STAMP", "20260101_000000")  # the same second for both
+    config = write_config(tmp_path, name="same.py")
+    first, second = train_main([config]), train_main([config])
+    assert first.work_dir != second.work_dir
+    assert sorted(p.name[:21] for p in (tmp_path / "work_dirs" / "same").iterdir()) == ["20260101_000000_seed3"] * 2
+    for run in (first.work_dir, second.work_dir):
+        assert [r["iter"] for r in read_log(run)] == [1, 2]  # no interleaved logs
+
+
+def tensorboard_steps(run: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_resume_after_a_crash_keeps_config_and_logs_each_iteration_once(tmp_path):
+    """A run that reached iteration 3 and resumes from iter_2 with another lr: iteration 3 is
+    redone and logged once, config.py keeps the original options, the new ones are beside it."""
+    config = write_config(tmp_path, iters=3)
+    run = tmp_path / "run"
+    train_main([config, "--work-dir", str(run)])
+    (run / "checkpoints" / "iter_3.tmp-4242").mkdir()  # a save killed halfway
+    (run / "checkpoints" / "iter_3.tmp-4242" / "model.safetensors").write_bytes(b"half")
+    original = (run / "config.py").read_text()
+    with pytest.warns(UserWarning, match=r"changed config keys \['optimizer.lr'\].*config_resume_2.py"):
+        train_main([config, "--work-dir", str(run), "--resume", str(run / "checkpoints" / "iter_2"),
+                    "--cfg-options", "optimizer.lr=0.02"])
+    assert (run / "config.py").read_text() == original
+    assert "lr=0.02" in (run / "config_resume_2.py").read_text()
+    assert [r["iter"] for r in read_log(run)] == [1, 2, 3]
+    assert tensorboard_steps(run, "reward/mean") == [1, 2, 3]
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
+
+
+def test_unchanged_resume_writes_no_second_config(tmp_path):
+    config = write_config(tmp_path, iters=2)
+    train_main([config, "--work-dir", str(tmp_path / "run")])
+    train_main([config, "--work-dir", str(tmp_path / "run"), "--resume", "auto"])
+    assert sorted(p.name for p in (tmp_path / "run").glob("config*.py")) == ["config.py"]
+
+
+def test_checkpoint_outside_a_run_resumes_into_a_new_run(tmp_path, monkeypatch):
+    import shutil
+
+    import tools.train as train_tool
+
+    monkeypatch.setattr(train_tool, "ROOT", tmp_path / "repo")
+    config = write_config(tmp_path, name="loose.py", iters=2)
+    train_main([config, "--work-dir", str(tmp_path / "run")])
+    loose = tmp_path / "downloads" / "iter_2"
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "iter_2", loose)
+    resumed = train_main([config, "--resume", str(loose), "--cfg-options", "max_iters=3"])
+    assert resumed.work_dir.parent == tmp_path / "repo" / "work_dirs" / "loose"
+    assert [r["iter"] for r in read_log(resumed.work_dir)] == [3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "loose.py", "repo", "run"]

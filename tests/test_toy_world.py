@@ -55,6 +55,20 @@ def test_parse_prompt_errors_name_the_problem(text, message):
         parse_prompt(text)
 
 
+def test_errors_echo_at_most_80_characters_of_a_huge_prompt():
+    good = "a small red circle on a blue background at the top"
+    huge = {
+        "x" * 10_000_000: (parse_prompt, "unknown word 'xxx"),  # one 10 MB word
+        "a " * 5_000_000: (tokenize_one := lambda text: tokenize([text]), "5000000 words"),
+        good + " top" * 2_500_000: (parse_prompt, "extra words after the position: 'top top"),
+        "A " + "b" * 10_000_000: (tokenize_one, "unknown word 'bbb"),
+    }
+    for text, (function, message) in huge.items():
+        with pytest.raises(ValueError, match=message) as error:
+            function(text)
+        assert len(str(error.value)) < 600 and f"({len(text)} characters)" in str(error.value)
+
+
 def test_shape_spec_validates_values():
     with pytest.raises(ValueError, match="ShapeSpec.shape='star'"):
         ShapeSpec("star", "red", "blue", "small", "top")

@@ -1,6 +1,7 @@
 """Run the ComfyUI pack's toy-world branched-denoising node outside ComfyUI and save its outputs.
 
-    python tools/comfyui_example.py                       # docs/comfyui_branched_denoising.png
+    python tools/comfyui_example.py          # work_dirs/comfyui_example/comfyui_branched_denoising.png
+    python tools/comfyui_example.py --docs   # the README picture, docs/comfyui_branched_denoising.png
     python tools/comfyui_example.py --checkpoint work_dirs/treegrpo_toy_shapes/<stamp> --out tree.png
 
 Calls the same functions as the workflow ``comfyui_nodes/workflows/toy_branched_denoising_api.json``
@@ -25,6 +26,10 @@ from PIL import Image  # noqa: E402
 from comfyui_nodes.nodes import (TOY_CONFIG, TOY_PROMPT, TreegrpoBranchedDenoising,  # noqa: E402
                                  TreegrpoLoadCheckpoint)
 
+PICTURE = "comfyui_branched_denoising.png"
+DEFAULT_OUT = ROOT / "work_dirs" / "comfyui_example" / PICTURE
+DOCS_OUT = ROOT / "docs" / PICTURE
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window-start", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--eta", type=float, default=0.7)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "comfyui_branched_denoising.png"))
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", default=str(DEFAULT_OUT),
+                       help=f"PNG to write (default: {DEFAULT_OUT.relative_to(ROOT)})")
+    where.add_argument("--docs", action="store_const", const=str(DOCS_OUT), dest="out",
+                       help=f"write the README picture {DOCS_OUT.relative_to(ROOT)} (tracked in git)")
     return parser.parse_args(argv)
 
 

@@ -19,8 +19,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from treegrpo.checkpoint import list_checkpoints  # noqa: E402
-from treegrpo.lora_export import (FAMILIES, LORA_SOURCES, check_family, detect_family, load_checkpoint_lora,  # noqa: E402
-                                  to_comfyui, unsupported_modules, write_safetensors)
+from treegrpo.lora_export import (FAMILIES, LORA_SOURCES, check_alpha, check_family,  # noqa: E402
+                                  check_family_matches, detect_family, load_checkpoint_lora, to_comfyui,
+                                  unsupported_modules, write_safetensors)
 from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
 
 
@@ -33,8 +34,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", default="auto", choices=list(LORA_SOURCES),
                         help="read lora/pytorch_lora_weights.safetensors (diffusers), model.safetensors "
                         "(peft) or the EMA weights ema.safetensors (ema; runs with an EMAHook)")
-    parser.add_argument("--alpha", type=float, help="override the LoRA alpha (scale = alpha / rank)")
+    parser.add_argument("--alpha", type=float, help="override the LoRA alpha, > 0 (scale = alpha / rank)")
     return parser.parse_args(argv)
+
+
+def check_out_path(out: str | Path) -> Path:
+    """``--out`` must name a ``.safetensors`` file (what is written, and what ComfyUI's Load LoRA
+    node reads as safetensors); ValueError otherwise."""
+    path = Path(out)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors (the file is written in that format), got "
+                         f"{str(out)!r}; e.g. --out {path.with_suffix('.safetensors').name}")
+    if path.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; give the file to write, e.g. {path / 'lora.safetensors'}")
+    return path
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -55,10 +68,15 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     if args.family is not None:
         check_family(args.family)
+    check_alpha(args.alpha)
+    check_out_path(args.out)
     dtype = check_dtype(args.dtype) if args.dtype else None
     checkpoint = find_checkpoint(args.path)
     modules, info = load_checkpoint_lora(checkpoint, args.source, args.alpha)
-    family = args.family or detect_family(modules, info["prefix"], info["policy_type"])
+    if args.family is None:
+        family = detect_family(modules, info["prefix"], info["policy_type"])
+    else:
+        family = check_family_matches(args.family, modules, info["prefix"], info["policy_type"])
     skipped = unsupported_modules(family, modules)
     if skipped:
         print(f"warning: ComfyUI's {family} LoRA loader does not map {len(skipped)} module(s), e.g. "

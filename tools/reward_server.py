@@ -2,22 +2,38 @@
 
     python tools/reward_server.py --reward JPEGCompressibility --port 8000 --cfg '{"quality": 95}'
     python tools/reward_server.py --reward BrightnessReward --custom-imports plugins.example_reward
+    export TREEGRPO_REWARD_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
     python tools/reward_server.py --reward HPSv2 --cfg '{"checkpoint": "/w/hps.pt", "device": "cuda"}' \
-        --host 0.0.0.0 --port 8000     # reachable from other machines: mind your firewall
+        --host 0.0.0.0 --port 8000     # reachable from other machines: needs the secret (or --insecure)
 
-The training config then names ``reward = dict(type='HTTPReward', url='http://HOST:8000/')``.
-Requests are scored one at a time (a lock around the reward), so a GPU model is never called
-concurrently. ``GET`` on any path answers ``{"reward": "<repr>", "status": "ok"}`` (health check).
+The training config then names ``reward = dict(type='HTTPReward', url='http://HOST:8000/')``
+(plus ``secret_env='TREEGRPO_REWARD_SECRET'`` when the server has a secret). Requests are scored
+one at a time (a lock around the reward); ``GET`` answers ``{"reward": "<repr>", "status": "ok"}``.
+
+Limits (each refusal is a 4xx JSON error naming the flag that raises it): ``--max-body-mb``,
+``--max-images`` per request, ``--max-pixels`` decoded per request (checked from the PNG headers
+before any pixel is decoded), ``--request-timeout`` to send a whole request, ``--workers``
+requests handled at once by a fixed pool of threads, ``--queue`` connections waiting for one
+(one more is answered 503 at once, which clients retry).
+Peak memory is about ``workers * max_pixels * 20`` bytes on top of the reward model.
 """
 from __future__ import annotations
 
 import argparse
+import hmac
 import importlib
+import io
+import ipaddress
 import json
+import os
+import queue
+import socket
 import sys
 import threading
+import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +44,43 @@ import torch  # noqa: E402
 
 from treegrpo.registry import REWARDS, build  # noqa: E402
 from treegrpo.rewards.base import check_rewards  # noqa: E402
-from treegrpo.rewards.http import decode_png  # noqa: E402
+from treegrpo.rewards.http import (SECRET_HEADER, ImageLimitError, decode_png,  # noqa: E402
+                                   read_secret)
 from treegrpo.utils import parse_json_object  # noqa: E402
 
-MAX_BODY_BYTES = 1 << 30
+SECRET_ENV = "TREEGRPO_REWARD_SECRET"
+CHUNK_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost the server; each field has the command-line flag in its doc."""
+
+    max_body_bytes: int = 64 << 20   # --max-body-mb 64
+    max_images: int = 64             # --max-images
+    max_pixels: int = 1 << 24        # --max-pixels: decoded pixels per request, all images together
+    request_timeout: float = 60.0    # --request-timeout: seconds to send the whole request
+    workers: int = 4                 # --workers: requests handled at once
+    queue: int = 16                  # --queue: accepted connections waiting for a worker
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"Limits.{name} must be a number > 0, got {value!r}")
 
 
 class BadRequest(ValueError):
     """The request does not follow the protocol (answered with 400)."""
 
 
-def parse_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
-    """Request body -> (images [L, 3, H, W] float32 in [0, 1], L prompts); BadRequest if malformed."""
+class OverLimit(ValueError):
+    """The request is larger than a server limit (answered with 413, naming the flag)."""
+
+
+def parse_request(body: bytes, limits: Limits = Limits()) -> tuple[torch.Tensor, list[str]]:
+    """Request body -> (images [L, 3, H, W] float32 in [0, 1], L prompts). BadRequest if
+    malformed, OverLimit if it has more images or pixels than ``limits`` allow (checked before
+    any image is decoded)."""
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -55,10 +96,34 @@ def parse_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
             f"(got {len(images) if isinstance(images, list) else type(images).__name__} images "
             f"for {len(prompts)} prompts)"
         )
+    if len(images) > limits.max_images:
+        raise OverLimit(f"the request has {len(images)} images, over the server's limit of "
+                        f"{limits.max_images} per request (--max-images)")
     try:
-        return decode_png(images), prompts
+        return decode_png(images, max_pixels=limits.max_pixels), prompts
+    except ImageLimitError as err:
+        raise OverLimit(f"{err} (--max-pixels)") from None
     except ValueError as err:
         raise BadRequest(str(err)) from None
+
+
+class DeadlineReader(io.RawIOBase):
+    """Reads a socket until a fixed deadline: each read waits at most the time left, so a
+    client sending one byte at a time cannot hold a worker past the deadline (TimeoutError)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:  # noqa: D102
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client did not send its whole request in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 class RewardHandler(BaseHTTPRequestHandler):
@@ -67,28 +132,80 @@ class RewardHandler(BaseHTTPRequestHandler):
     server_version = "treegrpo-reward-server"
     protocol_version = "HTTP/1.0"
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced by one that honours the whole-request deadline
+        deadline = time.monotonic() + self.server.limits.request_timeout
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline))
+
     def send_json(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode("utf-8")
+        self.connection.settimeout(self.server.limits.request_timeout)  # bounds the whole send
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
+    def refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` without keeping the body, then read and drop the body the client
+        still sends (up to its Content-Length, until the deadline) so that it receives the
+        answer instead of a connection reset."""
+        self.send_json(status, {"error": message})
+        try:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left > 0:
+                chunk = self.rfile.read1(min(left, CHUNK_BYTES))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (ValueError, OSError):  # bad length, timeout, reset: the answer was sent
+            pass
+
+    def authorized(self) -> bool:
+        """True when the server has no secret or the request carries it; else answers 401/403."""
+        secret = self.server.secret
+        if secret is None:
+            return True
+        given = self.headers.get(SECRET_HEADER)
+        if given is None:
+            self.refuse(401, f"this server needs its shared secret in the {SECRET_HEADER} header "
+                             f"(HTTPReward: secret_env='NAME' of a variable holding it)")
+            return False
+        if not hmac.compare_digest(given.encode("latin-1"), secret.encode("ascii")):
+            self.refuse(403, f"wrong shared secret in the {SECRET_HEADER} header")
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        self.send_json(200, {"reward": repr(self.server.reward), "status": "ok"})
+        if self.authorized():
+            self.send_json(200, {"reward": repr(self.server.reward), "status": "ok"})
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self.authorized():
+            return
+        limits = self.server.limits
         try:
             length = int(self.headers.get("Content-Length", "-1"))
         except ValueError:
             length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            self.send_json(411 if length < 0 else 413, {"error": "a Content-Length header "
-                           f"between 0 and {MAX_BODY_BYTES} bytes is required"})
+        if length < 0:
+            self.send_json(411, {"error": "a Content-Length header is required"})
+            return
+        if length > limits.max_body_bytes:
+            self.refuse(413, f"the body is {length} bytes, over the server's limit of "
+                             f"{limits.max_body_bytes} bytes (--max-body-mb); send fewer images "
+                             f"per request (HTTPReward batch_size) or raise --max-body-mb")
             return
         try:
-            images, prompts = parse_request(self.rfile.read(length))
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client closed the connection: nobody to answer
+                return
+            images, prompts = parse_request(body, limits)
+        except OverLimit as err:
+            self.send_json(413, {"error": f"{err}; send fewer or smaller images per request "
+                                          f"(HTTPReward batch_size) or raise that flag"})
+            return
         except BadRequest as err:
             self.send_json(400, {"error": str(err)})
             return
@@ -107,27 +224,149 @@ class RewardHandler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class PooledHTTPServer(HTTPServer):
+    """An HTTP server with a fixed pool of ``workers`` handler threads fed by a queue of at most
+    ``queue_size`` accepted connections; a connection arriving when the queue is full is
+    answered 503 by the accepting thread and closed (no thread, no wait)."""
+
+    def __init__(self, address, handler, workers: int, queue_size: int) -> None:
+        super().__init__(address, handler)  # binds first: a failed bind starts no thread
+        self.workers = workers
+        self.waiting: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.pool = [threading.Thread(target=self.work, name=f"reward-worker-{index}", daemon=True)
+                     for index in range(workers)]
+        for thread in self.pool:
+            thread.start()
+
+    def process_request(self, request, client_address) -> None:
+        try:
+            self.waiting.put_nowait((request, client_address))
+        except queue.Full:
+            self.answer_busy(request)
+
+    def work(self) -> None:
+        """A pool thread: handle queued connections until a None arrives."""
+        while (item := self.waiting.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Close the listening socket and the queued connections; stop the pool threads."""
+        super().server_close()
+        while True:
+            try:
+                request, _ = self.waiting.get_nowait()
+            except queue.Empty:
+                break
+            self.shutdown_request(request)
+        for _ in self.pool:
+            self.waiting.put(None)
+
+    def answer_busy(self, request) -> None:
+        data = json.dumps({"error": f"the server is busy ({self.workers} requests in progress "
+                                    f"(--workers), {self.waiting.maxsize} waiting (--queue)); "
+                                    f"retry later"}).encode("utf-8")
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nRetry-After: 1\r\n\r\n").encode("ascii")
+        try:
+            request.setblocking(False)  # never wait on a client here: this thread accepts
+            request.send(head + data)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or a name) only ever means this machine."""
+    if not host:
+        return False  # '' binds every interface
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_exposure(host: str, secret: str | None, insecure: bool) -> None:
+    """Refuse to serve other machines without a shared secret unless ``insecure``."""
+    if secret is None and not insecure and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host!r} (reachable from other machines) without a shared "
+            f"secret: export {SECRET_ENV}=$(python -c 'import secrets; "
+            f"print(secrets.token_urlsafe(32))') before starting the server and give the "
+            f"clients secret_env='{SECRET_ENV}' (HTTPReward); or pass --insecure to serve anyone "
+            f"who can reach the port"
+        )
+
+
 def make_server(reward, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                handler: type[RewardHandler] = RewardHandler) -> ThreadingHTTPServer:
+                handler: type[RewardHandler] = RewardHandler, limits: Limits = Limits(),
+                secret: str | None = None, insecure: bool = False) -> PooledHTTPServer:
     """An HTTP server (not yet serving) scoring with ``reward`` (a built reward or a config
-    dict). ``port=0`` picks a free port: read it from ``server.server_address[1]``."""
+    dict). ``port=0`` picks a free port: read it from ``server.server_address[1]``. A host
+    other than loopback needs ``secret`` (checked on every request) or ``insecure=True``."""
+    check_exposure(host, secret, insecure)
     reward = build(REWARDS, reward)
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = PooledHTTPServer((host, port), handler, limits.workers, limits.queue)
     server.reward, server.lock, server.quiet = reward, threading.Lock(), quiet
+    server.limits, server.secret = limits, secret
     server.reward_name = getattr(reward, "name", type(reward).__name__)
     return server
 
 
+def positive(kind):
+    """argparse type: a ``kind`` number > 0."""
+    def parse(text: str):
+        if not kind(text) > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return kind(text)
+    return parse
+
+
+def server_secret(env_name: str) -> str | None:
+    """The shared secret held by ``env_name``; None when that is the default variable and it is
+    unset (no secret). A variable named with --secret-env must be set."""
+    if env_name == SECRET_ENV and not os.environ.get(env_name):
+        return None
+    return read_secret(env_name, f"--secret-env {env_name}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    defaults = Limits()
     parser = argparse.ArgumentParser(description="Serve a registered reward for HTTPReward")
     parser.add_argument("--reward", required=True, help="registered REWARDS type, e.g. JPEGCompressibility")
     parser.add_argument("--cfg", default="{}", help="JSON object of the reward's arguments")
     parser.add_argument("--custom-imports", nargs="+", default=[],
                         help="modules to import first so their rewards register, e.g. plugins.example_reward")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: all)")
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0: all, "
+                             "needs a secret or --insecure)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--secret-env", default=SECRET_ENV,
+                        help=f"environment variable holding the shared secret every request must "
+                             f"carry in {SECRET_HEADER} (default {SECRET_ENV}; unset: no secret)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve a non-loopback --host without a secret")
+    parser.add_argument("--max-body-mb", type=positive(float), default=defaults.max_body_bytes / 2**20)
+    parser.add_argument("--max-images", type=positive(int), default=defaults.max_images,
+                        help="images per request")
+    parser.add_argument("--max-pixels", type=positive(int), default=defaults.max_pixels,
+                        help="decoded pixels per request, all images together")
+    parser.add_argument("--request-timeout", type=positive(float), default=defaults.request_timeout,
+                        help="seconds a client has to send its whole request")
+    parser.add_argument("--workers", type=positive(int), default=defaults.workers,
+                        help="requests handled at once")
+    parser.add_argument("--queue", type=positive(int), default=defaults.queue,
+                        help="connections waiting for a worker (more are answered 503)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     return parser.parse_args(argv)
 
@@ -141,10 +380,19 @@ def build_reward(name: str, cfg_json: str, custom_imports: list[str]):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    limits = Limits(int(args.max_body_mb * 2**20), args.max_images, args.max_pixels,
+                    args.request_timeout, args.workers, args.queue)
+    try:
+        secret = server_secret(args.secret_env)
+        check_exposure(args.host, secret, args.insecure)  # before loading a reward model
+    except ValueError as err:
+        raise SystemExit(f"reward_server: {err}") from None
     reward = build_reward(args.reward, args.cfg, args.custom_imports)
-    server = make_server(reward, args.host, args.port, args.quiet)
+    server = make_server(reward, args.host, args.port, args.quiet, limits=limits, secret=secret,
+                         insecure=args.insecure)
     host, port = server.server_address[:2]
-    print(f"serving {reward!r} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    guard = "with a shared secret" if secret else "without a secret"
+    print(f"serving {reward!r} on http://{host}:{port}/ {guard} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -3,16 +3,14 @@
     python tools/train.py configs/treegrpo_toy_shapes.py
     python tools/train.py CONFIG --work-dir DIR --cfg-options max_iters=5 update.num_inner_epochs=2
     python tools/train.py CONFIG --resume auto          # newest checkpoint of this config
-    python tools/train.py CONFIG --resume work_dirs/x/20260101_120000   # a run or checkpoint folder
+    python tools/train.py CONFIG --resume work_dirs/x/20260101_120000_seed0_1a2b3c   # a run or checkpoint folder
 Several processes: ``torchrun --nproc_per_node 2 tools/train.py CONFIG`` or
 ``accelerate launch --multi_gpu --num_processes 2 tools/train.py CONFIG``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,14 +21,15 @@ from mmengine.config import DictAction  # noqa: E402
 
 from treegrpo.checkpoint import list_checkpoints, resolve_checkpoint  # noqa: E402
 from treegrpo.inference import load_config  # noqa: E402
-from treegrpo.runner import Runner, dump_config  # noqa: E402
+from treegrpo.run_files import dump_config  # noqa: E402
+from treegrpo.runner import Runner  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train with TreeGRPO / GRPO")
     parser.add_argument("config", help="config file path")
-    parser.add_argument("--work-dir", help="where logs and checkpoints go "
-                        "(default: work_dirs/<config name>/<timestamp>)")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go (default: a new "
+                        "work_dirs/<config name>/<timestamp>_seed<seed>_<id>)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="'auto' (newest checkpoint of this config), a run folder or a "
                         "checkpoints/iter_<n> folder")
@@ -65,15 +64,14 @@ def main(argv=None) -> Runner:
     resume_from = find_resume(config_name, args.resume, args.work_dir) if args.resume else None
     if args.work_dir:
         work_dir = Path(args.work_dir)
-    elif resume_from is not None:
+    elif resume_from is not None and resume_from.parent.name == "checkpoints":
         work_dir = resume_from.parent.parent  # continue in the run that wrote the checkpoint
     else:
-        stamp = os.environ.get("TREEGRPO_RUN_STAMP") or time.strftime("%Y%m%d_%H%M%S")
-        work_dir = ROOT / "work_dirs" / config_name / stamp
-    runner = Runner(cfg, work_dir, resume_from=resume_from)
+        work_dir = None  # a new run folder work_dirs/<config>/<stamp>_seed<seed>_<id>
+    runner = Runner(cfg, work_dir, resume_from=resume_from, runs_root=ROOT / "work_dirs" / config_name)
     if runner.is_main:
-        dump_config(cfg, work_dir)
-        print(f"work dir: {work_dir}" + (f" (resumed from {resume_from})" if resume_from else ""))
+        dump_config(cfg, runner.work_dir, runner.resumed_iteration)
+        print(f"work dir: {runner.work_dir}" + (f" (resumed from {resume_from})" if resume_from else ""))
     runner.train()
     return runner
 

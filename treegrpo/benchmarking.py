@@ -5,6 +5,7 @@ edges, increasing) and y the evaluation reward measured at that cost.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,13 +45,19 @@ class SummaryRow:
     final_std: float
     seconds_to_target: float | None
     nfe_to_target: float | None
-    speedup_time: float | None  # baseline seconds-to-target / this config's
+    speedup_time: float | None  # baseline seconds-to-target / this config's; inf: met at cost 0
     speedup_nfe: float | None
     edges_per_nfe: float
 
 
-def _ratio(base: float | None, this: float | None) -> float | None:
-    return None if base is None or this is None or this <= 0 else base / this
+def speedup(base: float | None, this: float | None) -> float | None:
+    """The baseline's cost to target over this config's: None when either never reached it;
+    a config that met the target at cost 0 is ``inf`` times faster (1.0 when both did)."""
+    if base is None or this is None:
+        return None
+    if this == 0:
+        return 1.0 if base == 0 else math.inf
+    return base / this
 
 
 def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
@@ -80,16 +87,24 @@ def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
             final_std=float(finals[name].std()),
             seconds_to_target=costs[name]["seconds"],
             nfe_to_target=costs[name]["nfe"],
-            speedup_time=_ratio(costs[baseline]["seconds"], costs[name]["seconds"]),
-            speedup_nfe=_ratio(costs[baseline]["nfe"], costs[name]["nfe"]),
+            speedup_time=speedup(costs[baseline]["seconds"], costs[name]["seconds"]),
+            speedup_nfe=speedup(costs[baseline]["nfe"], costs[name]["nfe"]),
             edges_per_nfe=total_edges / total_nfe if total_nfe else 0.0,
         ))
     return rows
 
 
+def _cell(value: float | None, spec: str) -> str:
+    if value is None:
+        return "not reached"
+    if math.isinf(value):
+        return "inf (target met at cost 0)"
+    return format(value, spec)
+
+
 def markdown_table(rows: list[SummaryRow], target: float) -> str:
-    """The summary as a markdown table (None shown as 'not reached')."""
-    fmt = lambda v, spec: "not reached" if v is None else format(v, spec)  # noqa: E731
+    """The summary as a markdown table: None as 'not reached'; a speed-up of a config that met
+    the target at cost 0 (its first evaluation) while the baseline needed more as 'inf'."""
     lines = [
         f"Target reward = the baseline's final mean: {target:.4f}",
         "",
@@ -99,8 +114,8 @@ def markdown_table(rows: list[SummaryRow], target: float) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {fmt(r.seconds_to_target, '.1f')} | "
-            f"{fmt(r.nfe_to_target, '.0f')} | {fmt(r.speedup_time, '.2f')} | {fmt(r.speedup_nfe, '.2f')} | "
+            f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {_cell(r.seconds_to_target, '.1f')} | "
+            f"{_cell(r.nfe_to_target, '.0f')} | {_cell(r.speedup_time, '.2f')} | {_cell(r.speedup_nfe, '.2f')} | "
             f"{r.edges_per_nfe:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -4,9 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmengine.config import Config
-from safetensors.torch import load_file
-
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import read_weights, resolve_checkpoint
 from .hooks.ema import EMA_FILE
 from .registry import KERNELS, POLICIES, build
 
@@ -42,9 +40,10 @@ def load_policy(cfg: Config, checkpoint: str | Path | None = None, device: str |
             if not (folder / EMA_FILE).is_file():
                 raise FileNotFoundError(f"{folder} has no {EMA_FILE}: the run had no EMAHook "
                                         "(add dict(type='EMAHook') to hooks), or load without ema")
-            policy.load_trainable_state_dict(load_file(str(folder / EMA_FILE)))
+            weights = folder / EMA_FILE
         else:
-            policy.load_trainable_state_dict(load_checkpoint(folder)[0])
+            weights = folder / "model.safetensors"
+        policy.load_trainable_state_dict(read_weights(weights), source=str(weights))
     elif ema:
         raise ValueError("ema=True needs a checkpoint")
     policy.denoiser.eval()

@@ -117,6 +117,17 @@ def check_family(family: str) -> str:
     return family
 
 
+def check_alpha(alpha: float | None) -> float | None:
+    """None (keep the stored alpha) or a positive finite number; ValueError otherwise (a
+    negative alpha flips the LoRA's update, 0 removes it)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a positive number (LoRA scale = alpha / rank), got alpha={alpha!r}; "
+                         "leave it out to keep the run's alpha")
+    return float(alpha)
+
+
 # ----------------------------------------------------------------------------------- parsing
 def _pattern_value(pattern: dict, name: str, default):
     """peft's rule for rank_pattern / alpha_pattern: a key matches a module name ending in it."""
@@ -295,6 +306,32 @@ def detect_family(module_names, prefix: str | None = None, policy_type: str | No
     raise ValueError(f"cannot tell the model family from modules {names[:3]}; pass family= one of {sorted(FAMILIES)}")
 
 
+def check_family_matches(family: str, module_names, prefix: str | None = None,
+                         policy_type: str | None = None) -> str:
+    """ValueError when ``family`` contradicts the checkpoint: the run's ``policy.type``, the
+    diffusers key prefix (``unet`` / ``transformer``) or the module names. A FLUX LoRA on double
+    blocks only has SD3-like names, so ``flux`` is accepted for those when nothing else tells."""
+    check_family(family)
+    fix = "leave --family out (it is read from the checkpoint) or pass"
+    if policy_type in POLICY_FAMILY and POLICY_FAMILY[policy_type] != family:
+        right = POLICY_FAMILY[policy_type]
+        raise ValueError(f"family {family!r} does not match the run: its config.py has policy.type="
+                         f"{policy_type!r} (family {right!r}); {fix} --family {right}")
+    if prefix is not None and prefix != FAMILIES[family][0]:
+        right = sorted(f for f, (p, _) in FAMILIES.items() if p == prefix)
+        raise ValueError(f"family {family!r} does not match the LoRA file: its keys start with "
+                         f"{prefix + '.'!r} (family {' or '.join(right) or 'unknown'}); {fix} one of those")
+    names = list(module_names)
+    try:
+        by_names = detect_family(names)
+    except ValueError:
+        return family  # names of no known layout: nothing contradicts the given family
+    if by_names != family and not (by_names == "sd3" and family == "flux"):
+        raise ValueError(f"family {family!r} does not match the checkpoint's LoRA modules (e.g. {names[:2]}), "
+                         f"which are {by_names!r} modules; {fix} --family {by_names}")
+    return family
+
+
 def unsupported_modules(family: str, module_names) -> list[str]:
     """Module names that ComfyUI's key map for ``family`` does not cover (it would skip them)."""
     pattern = COMFYUI_MODULES[check_family(family)]
@@ -342,6 +379,7 @@ def load_checkpoint_lora(checkpoint: str | Path, source: str = "auto",
     (diffusers when present). Returns ({M: LoraModule}, info with 'source', 'prefix', 'policy_type')."""
     if source not in LORA_SOURCES:
         raise ValueError(f"source must be one of {list(LORA_SOURCES)}, got source={source!r}")
+    alpha = check_alpha(alpha)
     ckpt = Path(checkpoint)
     lora_file = ckpt / "lora" / DIFFUSERS_FILE
     model_file = ckpt / ("ema.safetensors" if source == "ema" else "model.safetensors")

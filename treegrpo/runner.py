@@ -9,18 +9,22 @@ import contextlib
 import time
 import warnings
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
+from .config_check import validate_config
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards, load_reward_weights
+from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, make_generator, timer
@@ -49,17 +53,38 @@ def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
     return optimizer_cls(params, **cfg)
 
 
+# Seconds a process waits in a collective (gather, barrier, gradient all-reduce) for the others
+# before the job fails, instead of torch's 30 minutes. Processes do the same work between two
+# collectives (same prompts per rank, same tree), so a wait this long means a hung or dead rank. The
+# longest legitimate wait is the other ranks idling while rank 0 writes a checkpoint: seconds for a
+# LoRA, about a minute for a full SD3.5-medium fine-tune (10 GB weights + 20 GB AdamW state) on a
+# local disk. Raise ``dist_timeout_s`` for slow network disks or when one node downloads the model.
+DEFAULT_DIST_TIMEOUT_S = 600
+
+
+def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
+    """The process-group settings from the config key ``dist_timeout_s`` (positive seconds)."""
+    seconds = cfg.get("dist_timeout_s", DEFAULT_DIST_TIMEOUT_S)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {seconds!r} "
+                         f"(default {DEFAULT_DIST_TIMEOUT_S}; e.g. --cfg-options dist_timeout_s=1800)")
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
+
+
 class Runner:
     """Builds every component from a config and runs the TreeGRPO / GRPO training loop."""
 
-    def __init__(self, cfg: Config, work_dir: str | Path, resume_from: str | Path | None = None):
+    def __init__(self, cfg: Config, work_dir: str | Path | None, resume_from: str | Path | None = None,
+                 runs_root: str | Path | None = None):
+        """``work_dir``: the run folder; None: a new, unique one under ``runs_root`` (decided by
+        the main process, see :func:`create_run_dir`)."""
         require_keys(cfg)
+        validate_config(cfg)  # every problem of the config at once, before any model is loaded
         self.cfg = cfg
-        self.work_dir = Path(work_dir)
-        self.checkpoint_dir = self.work_dir / "checkpoints"
         self.accelerator = Accelerator(
             cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
             mixed_precision=cfg.get("mixed_precision", "no"),
+            kwargs_handlers=[collective_timeout(cfg)],
         )
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
@@ -108,8 +133,23 @@ class Runner:
         self.last_checkpoint_iter = -1
         self.writer: MetricWriter | None = None
         self.ema = None  # an EMAHook sets itself here (EvalHook then evaluates the EMA weights)
+        self.resumed_iteration: int | None = None  # set by resume(): later log records are dropped
+        # the run folder is created only now, once the config has built: a failed start leaves none
+        self.work_dir = Path(work_dir) if work_dir is not None else self.agree_on_run_dir(runs_root)
+        self.checkpoint_dir = self.work_dir / "checkpoints"
+        if self.is_main:
+            for name in clean_partial_checkpoints(self.checkpoint_dir):
+                print(f"removed {self.checkpoint_dir / name} (left by an interrupted checkpoint save)")
+        self.accelerator.wait_for_everyone()
         if resume_from is not None:
             self.resume(resume_from)
+
+    def agree_on_run_dir(self, runs_root: str | Path | None) -> Path:
+        """The main process creates a new run folder under ``runs_root``; every process gets its path."""
+        if runs_root is None:
+            raise ValueError("Runner needs a work_dir or a runs_root to create a new run folder in")
+        path = [str(create_run_dir(Path(runs_root), self.seed)) if self.is_main else None]
+        return Path(broadcast_object_list(path, from_process=0)[0])
 
     # ------------------------------------------------------------------ main loop
     @property
@@ -228,6 +268,7 @@ class Runner:
         stats: dict[str, list[float]] = defaultdict(list)
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
+        onpolicy_dev, optimizer_steps = 0.0, 0
         for epoch in range(cfg["num_inner_epochs"]):
             minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
                                              cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
@@ -250,8 +291,8 @@ class Runner:
                         self.accelerator.backward(loss * batch.child.numel() / num_edges)
                     for key, value in loss_stats.items():
                         stats[f"losses/{key}"].append(value)
-                    if "losses/onpolicy_ratio_max_dev" not in stats:  # before any optimizer step
-                        stats["losses/onpolicy_ratio_max_dev"].append(loss_stats["ratio_max_dev"])
+                    if optimizer_steps == 0:  # every micro-batch of the first, on-policy step
+                        onpolicy_dev = max(onpolicy_dev, float(loss_stats["ratio_max_dev"]))
                 grad_norm = self.accelerator.clip_grad_norm_(
                     self.policy.trainable_parameters(), cfg["max_grad_norm"]
                 )
@@ -263,8 +304,11 @@ class Runner:
                 stats["update/grad_norm"].append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                optimizer_steps += 1
         self.lr_scheduler.step()  # once per iteration: lr_warmup_iters counts iterations
         result = {key: sum(values) / len(values) for key, values in stats.items()}
+        result["losses/onpolicy_ratio_max_dev"] = self.accelerator.gather(  # max over processes too
+            torch.tensor([onpolicy_dev], device=self.device)).max().item()
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
         return result
@@ -290,7 +334,8 @@ class Runner:
         dict in the config) in the work dir, main process only."""
         if self.is_main and self.writer is None:
             self.writer = MetricWriter(self.work_dir, self.cfg.get("tensorboard", True),
-                                       wandb=self.cfg.get("wandb"), run_config=self.cfg.to_dict())
+                                       wandb=self.cfg.get("wandb"), run_config=self.cfg.to_dict(),
+                                       resumed_iteration=self.resumed_iteration)
 
     def close_writer(self) -> None:
         if self.writer is not None:
@@ -329,9 +374,10 @@ class Runner:
 
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
+        path = Path(path)
         model_state, training_state, meta = load_checkpoint(path)
-        self.policy.load_trainable_state_dict(model_state)
-        self.optimizer.load_state_dict(training_state["optimizer"])
+        self.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
+        load_optimizer_state(self.optimizer, training_state["optimizer"], path / "training_state.pt")
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         torch.set_rng_state(training_state["torch_rng"])
         if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
@@ -343,15 +389,7 @@ class Runner:
                 f"world_size={self.world_size}: the run will not continue bit-identically",
                 stacklevel=2,
             )
-        self.iteration = int(meta["iteration"])
+        self.iteration = self.resumed_iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
-        self.call_hooks("load_from_checkpoint", Path(path))
+        self.call_hooks("load_from_checkpoint", path)
         self.last_checkpoint_iter = self.iteration
-
-
-def dump_config(cfg: Config, work_dir: Path) -> Path:
-    """Write the merged config to ``<work_dir>/config.py``."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "config.py"
-    cfg.dump(str(path))
-    return path

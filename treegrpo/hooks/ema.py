@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..checkpoint import check_state_dict, read_weights
 from ..registry import HOOKS
 from .base import Hook
 
@@ -86,7 +87,9 @@ class EMAHook(Hook):
         with safe_open(str(path), framework="pt") as file:
             self.updates = int((file.metadata() or {}).get("updates", 0))
         device = self.device or next(iter(self._params(runner).values())).device
-        self.shadow = {n: t.float().to(device) for n, t in load_file(str(path)).items()}
+        state = read_weights(path)
+        check_state_dict(state, self._params(runner), str(path), type(runner.policy).__name__)
+        self.shadow = {n: t.float().to(device) for n, t in state.items()}
 
     @contextlib.contextmanager
     def applied(self, runner) -> Iterator[None]:

@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..checkpoint import check_state_dict
 from ..registry import KERNELS
 
 
@@ -111,15 +112,12 @@ class Policy(nn.Module, abc.ABC):
             if p.requires_grad
         }
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy checkpoint tensors into the trainable parameters; names must match exactly."""
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Copy checkpoint tensors into the trainable parameters. Names must match exactly and every
+        shape must be equal (``copy_`` would broadcast a [1, 64] tensor into [192, 64]); otherwise
+        a CheckpointError names the tensor and ``source`` (the file it came from)."""
         params = {n: p for n, p in self.unwrapped_denoiser().named_parameters() if p.requires_grad}
-        unknown, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state))
-        if unknown or missing:
-            raise KeyError(
-                f"checkpoint does not match {type(self).__name__}'s trainable parameters: "
-                f"unknown {unknown[:5]}, missing {missing[:5]}"
-            )
+        check_state_dict(state, params, source, type(self).__name__)
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value)

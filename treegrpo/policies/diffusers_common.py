@@ -21,24 +21,92 @@ def check_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_model_path(model_path: str) -> None:
-    """A local-looking path that does not exist gets an error saying how to provide weights."""
-    looks_local = model_path.startswith((".", "/", "~")) or Path(model_path).suffix or "\\" in model_path
-    if looks_local and not Path(model_path).expanduser().exists():
-        raise FileNotFoundError(
-            f"model_path {model_path!r} does not exist: give a local diffusers folder (e.g. a "
-            "downloaded stabilityai/stable-diffusion-3.5-medium) or a hub id; for offline tests "
-            "write a tiny random-weight one with `python tools/make_tiny_models.py`"
-        )
+MODEL_PATH_KEY = "policy.model_path"
 
 
-def load_pipeline(pipeline_class, model_path: str, dtype: str, **kwargs):
+class ModelNotFoundError(FileNotFoundError):
+    """A model, weight file or tokenizer that could not be found locally or on the hub."""
+
+
+def is_hub_id(name: str, namespaced: bool = True) -> bool:
+    """True when ``name`` is a valid Hugging Face repo id (``namespace/name``, dots allowed, as
+    in ``black-forest-labs/FLUX.1-dev``), judged by huggingface_hub's own validator;
+    ``namespaced=False`` also accepts legacy ids without a namespace (``bert-base-uncased``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name or not namespaced
+
+
+def how_to_provide(model_path: str, key: str = MODEL_PATH_KEY) -> str:
+    """The two ways to provide a model: download the hub id, or point ``key`` at a local folder."""
+    hub_id = model_path if is_hub_id(model_path) else "<hub id>"
+    folder = f"models/{hub_id.rsplit('/', 1)[-1]}"
+    return (f"download it with `hf download {hub_id} --local-dir {folder}` (older huggingface_hub: "
+            f"`huggingface-cli download ...`; gated repos need `hf auth login` first) and pass "
+            f"`--cfg-options {key}={folder}`; for offline tests write a tiny random-weight model "
+            "with `python tools/make_tiny_models.py`")
+
+
+def check_model_path(model_path: str, key: str = MODEL_PATH_KEY) -> str:
+    """Classify ``model_path`` as 'local' (an existing path) or 'hub' (a valid repo id); anything
+    else raises :class:`ModelNotFoundError` naming ``key`` and how to provide the model."""
+    if not isinstance(model_path, (str, Path)) or not str(model_path):
+        raise ValueError(f"{key} must be a hub id or a local folder, got {model_path!r}")
+    model_path = str(model_path)
+    if Path(model_path).expanduser().exists():
+        return "local"
+    if is_hub_id(model_path):
+        return "hub"
+    raise ModelNotFoundError(
+        f"{key}={model_path!r} is neither an existing local path nor a hub id "
+        f"(namespace/name): {how_to_provide(model_path, key)}")
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub runs offline (HF_HUB_OFFLINE=1, read by it at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_pipeline_cached(repo_id: str) -> bool:
+    """True when the hub cache holds the pipeline's ``model_index.json`` (no network access)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def load_failure(model_path: str, source: str, error: Exception, key: str = MODEL_PATH_KEY) -> str:
+    """One message for a model that failed to load: which key, which id or folder, why, the fix."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    if source == "hub":
+        where = ("HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline()
+                 else "the hub could not be reached or refused it and it is not fully cached")
+        return (f"{key}={model_path!r} could not be loaded from the Hugging Face hub ({where}; "
+                f"{type(error).__name__}: {reason}): {how_to_provide(model_path, key)}")
+    return (f"{key}={model_path!r} is a local folder that diffusers could not load (a weight file, "
+            f"tokenizer or model_index.json missing or broken? {type(error).__name__}: {reason}): "
+            f"re-download it ({how_to_provide(model_path, key)})")
+
+
+def load_pipeline(pipeline_class, model_path: str, dtype: str, key: str = MODEL_PATH_KEY, **kwargs):
     """``pipeline_class.from_pretrained(model_path, torch_dtype=<dtype>, **kwargs)`` after checking
     ``dtype`` and ``model_path`` (:func:`check_dtype`, :func:`check_model_path`), with its progress
-    bars off (the samplers call the denoiser themselves)."""
+    bars off (the samplers call the denoiser themselves). A model that cannot be found (missing
+    files, hub unreachable, HF_HUB_OFFLINE without a cached copy) raises one
+    :class:`ModelNotFoundError` naming ``key``, the download command and the option to set."""
     torch_dtype = check_dtype(dtype)
-    check_model_path(model_path)
-    pipe = pipeline_class.from_pretrained(model_path, torch_dtype=torch_dtype, **kwargs)
+    source = check_model_path(model_path, key)
+    try:
+        pipe = pipeline_class.from_pretrained(model_path, torch_dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as error:  # diffusers' EnvironmentError, missing components
+        raise ModelNotFoundError(load_failure(str(model_path), source, error, key)) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

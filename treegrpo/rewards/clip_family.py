@@ -10,10 +10,23 @@ reward         score per image                                                  
 =============  =========================================================================  ==========
 
 ``img`` / ``txt`` are the projected CLIP embeddings; texts are tokenised with a transformers
-CLIP tokenizer (OpenAI BPE, 77 tokens, the same ids as open_clip's tokenizer) and pooled at the
-first end-of-text token. Every reward: ``reward(images [L, 3, H, W] in [0, 1], prompts) -> [L]``
-float32 **on the images' device**; models load on the first call (or ``reward.load()``), run
-under ``torch.no_grad`` in chunks of ``batch_size`` on ``device`` (None: the images' device) in
+CLIP tokenizer (OpenAI BPE, 77 tokens) and pooled at the first end-of-text token.
+
+Each reward prepares its inputs as its official implementation does:
+
+- ``HPSv2`` (hpsv2, its bundled open_clip): images letterboxed (longest side to 224, black
+  padding; :func:`~treegrpo.rewards.clip_preprocess.letterbox_preprocess`); texts cleaned as
+  open_clip does (ftfy, HTML unescape, whitespace; :mod:`treegrpo.rewards.clip_text`).
+- ``PickScore`` (its README: transformers ``CLIPProcessor``): shortest side to 224, centre crop
+  with a floored offset (``CLIPImageProcessor``); texts as the fast tokenizer takes them (no ftfy).
+- ``CLIPScore`` (Hessel et al.'s code: OpenAI ``clip.load`` / ``clip.tokenize``): shortest side
+  to 224, centre crop with a rounded offset (torchvision); texts cleaned as OpenAI CLIP does.
+- ``Aesthetic`` (improved-aesthetic-predictor: OpenAI ``clip.load('ViT-L/14')``): as CLIPScore's
+  images; no text.
+
+Every reward: ``reward(images [L, 3, H, W] in [0, 1], prompts) -> [L]`` float32 **on the
+images' device**; models load on the first call (or ``reward.load()``), run under
+``torch.no_grad`` in chunks of ``batch_size`` on ``device`` (None: the images' device) in
 ``dtype``. A missing weight raises ``FileNotFoundError`` naming the file, where to get it and
 the config key to set.
 """
@@ -32,7 +45,8 @@ from treegrpo.registry import REWARDS
 from treegrpo.rewards.base import Reward, check_images
 from treegrpo.rewards.clip_convert import (aesthetic_mlp_from_state_dict, clip_model_from_open_clip,
                                            load_torch_state_dict)
-from treegrpo.rewards.clip_preprocess import clip_preprocess
+from treegrpo.rewards.clip_preprocess import clip_preprocess, letterbox_preprocess
+from treegrpo.rewards.clip_text import clean_clip_text, require_ftfy
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -112,7 +126,7 @@ class CLIPFamilyReward(Reward):
     """
 
     crop_rounding = "round"  # torchvision CenterCrop (open_clip, OpenAI clip)
-    clamp_after_resize = True  # PIL resizes uint8 images, which clips the bicubic overshoot
+    clean_text = False  # True: clean prompts as OpenAI CLIP / open_clip do (clip_text.py)
 
     def __init__(self, device: str | torch.device | None = None,
                  dtype: str | torch.dtype = "float32", batch_size: int = 16) -> None:
@@ -144,6 +158,8 @@ class CLIPFamilyReward(Reward):
     def load(self) -> "CLIPFamilyReward":
         """Load the models now (they load on the first call otherwise); returns self."""
         if not self._loaded:
+            if self.clean_text:
+                require_ftfy()
             self._load()
             for module in self._modules():
                 module.requires_grad_(False).eval()
@@ -158,10 +174,11 @@ class CLIPFamilyReward(Reward):
 
     def _pixels(self, images: torch.Tensor, model) -> torch.Tensor:
         size = model.config.vision_config.image_size
-        return clip_preprocess(images, size, crop_rounding=self.crop_rounding,
-                               clamp=self.clamp_after_resize).to(self.dtype)
+        return clip_preprocess(images, size, crop_rounding=self.crop_rounding).to(self.dtype)
 
     def _ids(self, prompts: list[str], model, tokenizer) -> torch.Tensor:
+        if self.clean_text:
+            prompts = [clean_clip_text(p) for p in prompts]
         ids = tokenize(tokenizer, prompts, model.config.text_config.max_position_embeddings)
         return ids.to(model.device)
 
@@ -200,7 +217,7 @@ class HPSv2(CLIPFamilyReward):
         vision_heads, text_heads: attention heads (None: 16 and 16 for ViT-H-14, see clip_convert).
     """
 
-    clamp_after_resize = False  # HPS's transform resizes the float tensor (ToTensor first)
+    clean_text = True  # open_clip's tokenizer: ftfy + HTML unescape + whitespace
 
     def __init__(self, checkpoint: str | Path | None = None, version: str = "v2.1",
                  clip_path: str | Path = LAION_VIT_H, backend: str = "transformers",
@@ -254,6 +271,11 @@ class HPSv2(CLIPFamilyReward):
     def _modules(self) -> list[torch.nn.Module]:
         return [self.model]
 
+    def _pixels(self, images: torch.Tensor, model) -> torch.Tensor:
+        """hpsv2 letterboxes (longest side to the model's size, black padding), it does not crop."""
+        size = model.config.vision_config.image_size
+        return letterbox_preprocess(images, size).to(self.dtype)
+
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if self.backend == "official":
             return self._score_official(images, prompts)
@@ -286,6 +308,7 @@ class PickScore(CLIPFamilyReward):
     """
 
     crop_rounding = "floor"  # CLIPImageProcessor, as in the PickScore README
+    clean_text = False  # the README's CLIPProcessor: the fast tokenizer, no ftfy
 
     def __init__(self, model: str | Path = "yuvalkirstain/PickScore_v1",
                  tokenizer: str | Path = LAION_VIT_H, device: str | torch.device | None = None,
@@ -318,6 +341,8 @@ class CLIPScore(CLIPFamilyReward):
     caption; here the model defaults to ViT-L/14 and the prefix to none (``prefix`` adds it,
     followed by a space). ``w = 1`` gives the clipped cosine itself.
     """
+
+    clean_text = True  # OpenAI clip.tokenize: ftfy + HTML unescape + whitespace
 
     def __init__(self, model: str | Path = OPENAI_VIT_L, tokenizer: str | Path | None = None,
                  w: float = 2.5, prefix: str = "", device: str | torch.device | None = None,

@@ -12,7 +12,11 @@ The evaluation transform of open_clip / OpenAI ``clip`` / ``CLIPImageProcessor``
 
 Unlike the reference pipelines, images are not quantised to uint8 first; by default the resized
 values are clamped to [0, 1] (what the uint8 PIL path does to bicubic overshoot); ``clamp=False``
-for pipelines that resize the float tensor (HPS-v2).
+for pipelines that resize the float tensor.
+
+HPS-v2 does not crop: its evaluation transform (hpsv2's bundled open_clip, ``image_transform(...,
+resize_longest_max=True)``: ``ToTensor``, ``ResizeMaxSize``, ``Normalize``) letterboxes, see
+:func:`letterbox_preprocess`.
 """
 from __future__ import annotations
 
@@ -48,6 +52,60 @@ def center_crop_offsets(height: int, width: int, size: int, rounding: str = "rou
     if rounding == "round":
         return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return (height - size) // 2, (width - size) // 2
+
+
+def letterbox_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the *longest* side to ``size`` keeping the aspect ratio.
+
+    As open_clip's ``ResizeMaxSize``: ``scale = size / float(max(H, W))``, each side
+    ``round(side * scale)`` (Python's rounding). ValueError if a side would become 0.
+    """
+    if height <= 0 or width <= 0 or size <= 0:
+        raise ValueError(f"height, width and size must be positive, got {height}, {width}, {size}")
+    scale = size / float(max(height, width))
+    new_h, new_w = round(height * scale), round(width * scale)
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"a {height}x{width} image is too elongated to letterbox into {size}x{size} "
+                         f"(a side would be 0 pixels); crop it to a less extreme aspect ratio first")
+    return new_h, new_w
+
+
+def letterbox_padding(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) black border that centres a ``height x width`` image in
+    ``size x size``: the smaller half of an odd margin goes left / top (``ResizeMaxSize`` pads
+    ``[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]``)."""
+    pad_h, pad_w = size - height, size - width
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"cannot pad a {height}x{width} image to {size}x{size}")
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+def letterbox_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """[B, 3, H, W] float in [0, 1] -> [B, 3, size, size]: HPS-v2's evaluation transform.
+
+    hpsv2 (its bundled open_clip ``ResizeMaxSize`` after ``ToTensor``) resizes the float tensor
+    so that the *longest* side is ``size`` (:func:`letterbox_shape`; bicubic, antialiased as
+    torchvision's tensor resize, no clamping), pads it with 0 (black, before normalisation) to
+    ``size x size`` with the image centred (:func:`letterbox_padding`), then normalises. One
+    difference: ``ResizeMaxSize`` skips resize *and* padding when the longest side already is
+    ``size``, which leaves a non-square tensor the ViT cannot take; here it is padded.
+    Differentiable with respect to ``images``.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
+    images = images.float()
+    height, width = images.shape[-2:]
+    new_h, new_w = letterbox_shape(height, width, size)
+    if (new_h, new_w) != (height, width):
+        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
+                               antialias=True)
+    images = F.pad(images, letterbox_padding(new_h, new_w, size), mode="constant", value=0.0)
+    return normalize(images, mean, std)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

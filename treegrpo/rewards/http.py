@@ -19,8 +19,15 @@ Errors: the server answers 4xx when the request is malformed (not retried: sendi
 cannot help; except 408 and 429, timeout and rate limit, which are retried) and 5xx when scoring failed on its side (retried), ideally with a JSON body
 ``{"error": "<message>"}`` whose message the client shows.
 
-The client retries connection errors, timeouts, 408 / 429 and 5xx answers ``retries`` times, sleeping
-``backoff * 2**attempt`` seconds between tries, then raises :class:`RewardError`.
+Shared secret (optional): when the server has one, every request carries it in the header
+``X-Treegrpo-Secret``; a missing one is answered 401, a wrong one 403.
+
+``timeout`` bounds each whole try (connect, send, every read of the answer), not each socket
+read: a server that drips its answer byte by byte fails the try after ``timeout`` seconds. The
+client retries connection errors, timeouts, 408 / 429 and 5xx answers ``retries`` times, sleeping
+``backoff * 2**attempt`` seconds between tries, then raises :class:`RewardError`; one request thus
+takes at most ``(retries + 1) * timeout + backoff * (2**retries - 1)`` seconds (plus name
+resolution, which the operating system bounds). Proxies (``http_proxy``) are not used.
 """
 from __future__ import annotations
 
@@ -29,10 +36,12 @@ import http.client
 import io
 import json
 import math
+import os
 import socket
+import string
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import numpy as np
 import torch
@@ -46,6 +55,33 @@ from treegrpo.rewards.image_stats import to_uint8
 RETRIED_CLIENT_CODES = (408, 429)
 
 MAX_ERROR_CHARS = 500
+MAX_ANSWER_BYTES = 16 * 2**20  # a scores answer is a few kB; more is a broken or hostile server
+
+SECRET_HEADER = "X-Treegrpo-Secret"
+MIN_SECRET_CHARS = 16
+SECRET_CHARS = frozenset(string.ascii_letters + string.digits + string.punctuation)
+MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+class ImageLimitError(ValueError):
+    """The images of a request decode to more pixels than allowed (checked before decoding)."""
+
+
+def read_secret(env_name: str, what: str) -> str:
+    """The shared secret held by environment variable ``env_name``; ValueError naming ``what``
+    (the setting that named the variable) if it is unset or too weak."""
+    secret = os.environ.get(env_name)
+    if not secret:
+        raise ValueError(
+            f"{what} names the environment variable {env_name!r}, which is not set: "
+            f"export {env_name}=$({MAKE_SECRET}) (the same value for the server and the client)"
+        )
+    if len(secret) < MIN_SECRET_CHARS or not set(secret) <= SECRET_CHARS:
+        raise ValueError(
+            f"the secret in ${env_name} must be at least {MIN_SECRET_CHARS} printable ASCII "
+            f"characters without spaces; make one with {MAKE_SECRET}"
+        )
+    return secret
 
 
 def encode_png(images: torch.Tensor) -> list[str]:
@@ -58,29 +94,63 @@ def encode_png(images: torch.Tensor) -> list[str]:
     return encoded
 
 
-def decode_png(encoded: list[str]) -> torch.Tensor:
+def decode_png(encoded: list[str], max_pixels: int | None = None) -> torch.Tensor:
     """L base64 PNG strings (all of one size) -> [L, 3, H, W] float32 in [0, 1] (pixel / 255).
 
-    Raises ValueError naming the index of an image that is not valid base64 PNG, or a size
-    that differs from the first image's.
+    ``max_pixels`` caps the pixels of all images together: the first image's size is read from
+    its header and ``L * H * W`` checked BEFORE any pixel is decoded (ImageLimitError), so a
+    small file that would decode to gigabytes costs nothing. The images are decoded one at a
+    time into the output. Raises ValueError naming the index of an image that is not valid
+    base64 PNG, or whose size differs from the first image's.
     """
-    arrays = []
-    for index, text in enumerate(encoded):
-        if not isinstance(text, str):
-            raise ValueError(f"images[{index}] must be a base64 string, got {type(text).__name__}")
-        try:
-            with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
-                arrays.append(np.asarray(image.convert("RGB")))
-        except Exception as err:  # binascii.Error, PIL.UnidentifiedImageError, ...
-            raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
-        if arrays[-1].shape != arrays[0].shape:
-            raise ValueError(
-                f"images[{index}] has size {arrays[-1].shape[:2]}, images[0] has "
-                f"{arrays[0].shape[:2]}: all images of a request must have one size"
-            )
-    if not arrays:
+    if not encoded:
         return torch.zeros(0, 3, 0, 0)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    out = None
+    for index, text in enumerate(encoded):
+        with _open_png(text, index) as image:
+            width, height = image.size  # from the header: no pixel decoded yet
+            if out is None:
+                out = _allocate(len(encoded), height, width, max_pixels)
+            elif (height, width) != tuple(out.shape[2:]):
+                raise ValueError(
+                    f"images[{index}] has size {(height, width)}, images[0] has "
+                    f"{tuple(out.shape[2:])}: all images of a request must have one size"
+                )
+            out[index] = torch.from_numpy(_decode_rgb(image, index)).permute(2, 0, 1)
+    return out.div_(255.0)
+
+
+def _open_png(text: str, index: int) -> Image.Image:
+    """Open (header only, no pixels) the base64 PNG ``images[index]``; ValueError if it is not."""
+    if not isinstance(text, str):
+        raise ValueError(f"images[{index}] must be a base64 string, got {type(text).__name__}")
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(text, validate=True)), formats=["PNG"])
+    except Image.DecompressionBombError as err:
+        raise ImageLimitError(f"images[{index}] is too large ({err})") from None
+    except Exception as err:  # binascii.Error, PIL.UnidentifiedImageError, ...
+        raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
+
+
+def _decode_rgb(image: Image.Image, index: int) -> np.ndarray:
+    """The pixels of an opened PNG as [H, W, 3] uint8; ValueError if its data is broken."""
+    try:
+        return np.array(image.convert("RGB"))  # a writable copy, for torch.from_numpy
+    except Image.DecompressionBombError as err:
+        raise ImageLimitError(f"images[{index}] is too large ({err})") from None
+    except Exception as err:  # OSError for truncated or corrupt data
+        raise ValueError(f"images[{index}] is not a base64-encoded PNG ({err})") from None
+
+
+def _allocate(count: int, height: int, width: int, max_pixels: int | None) -> torch.Tensor:
+    """The [count, 3, height, width] float32 output, once ``max_pixels`` allows it."""
+    total = count * height * width
+    if max_pixels is not None and total > max_pixels:
+        raise ImageLimitError(
+            f"images[0] is {width}x{height}: {count} image(s) of that size decode to {total} "
+            f"pixels, over the limit of {max_pixels}"
+        )
+    return torch.empty(count, 3, height, width)
 
 
 def parse_scores(body: bytes, count: int, url: str) -> list[float]:
@@ -113,12 +183,8 @@ def _shorten(body: bytes) -> str:
     return repr(text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "...")
 
 
-def _error_message(err: urllib.error.HTTPError) -> str:
+def _error_message(status: int, reason: str, body: bytes) -> str:
     """'HTTP <code> <reason>' plus the server's ``{"error": ...}`` message or body excerpt."""
-    try:
-        body = err.read()
-    except Exception:  # the connection may already be gone
-        body = b""
     detail = ""
     try:
         data = json.loads(body.decode("utf-8"))
@@ -126,7 +192,51 @@ def _error_message(err: urllib.error.HTTPError) -> str:
             detail = str(data["error"])[:MAX_ERROR_CHARS]
     except (UnicodeDecodeError, json.JSONDecodeError):
         detail = _shorten(body) if body else ""
-    return f"HTTP {err.code} {err.reason}" + (f": {detail}" if detail else "")
+    return f"HTTP {status} {reason}" + (f": {detail}" if detail else "")
+
+
+def post_within(url: str, body: bytes, headers: dict[str, str],
+                timeout: float) -> tuple[int, str, bytes]:
+    """POST ``body`` to ``url`` -> (status, reason, answer body). The whole exchange (connect,
+    send, every read) must end within ``timeout`` seconds: a timer then shuts the socket down
+    and TimeoutError is raised. Connection and protocol failures raise OSError / HTTPException."""
+    parts = urllib.parse.urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
+                        else http.client.HTTPConnection)
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked send / recv
+            except OSError:
+                pass
+
+    def check_deadline() -> None:
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout:g} s (the whole request)")
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.connect()
+        check_deadline()
+        connection.request("POST", target, body, headers)
+        response = connection.getresponse()
+        answer = response.read(MAX_ANSWER_BYTES + 1)
+        check_deadline()  # a shut-down socket can look like a short, complete answer
+        return response.status, response.reason, answer
+    except (OSError, http.client.HTTPException):
+        check_deadline()
+        raise
+    finally:
+        timer.cancel()
+        connection.close()
 
 
 @REWARDS.register_module()
@@ -136,18 +246,29 @@ class HTTPReward(Reward):
 
     Args:
         url: ``http://`` or ``https://`` address the requests are POSTed to.
-        timeout: seconds to wait for each answer (> 0).
+        timeout: seconds one try may take in all: connect, send and the whole answer (> 0).
         retries: extra tries after a connection error, timeout, 408 / 429 or 5xx answer (>= 0).
         backoff: seconds before the first retry, doubled for each further one (>= 0).
         batch_size: images per request (None: all images of a call in one request).
         headers: extra HTTP headers, e.g. ``{'Authorization': 'Bearer ...'}``.
+        secret_env: name of the environment variable holding the server's shared secret (sent
+            as ``X-Treegrpo-Secret``); the secret itself never goes into a config file.
     """
 
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
-                 batch_size: int | None = None, headers: dict[str, str] | None = None) -> None:
+                 batch_size: int | None = None, headers: dict[str, str] | None = None,
+                 secret_env: str | None = None) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with 'http://' or 'https://', got {url!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            has_host = bool(parts.hostname) and parts.port != 0  # .port raises on a bad port
+        except ValueError:
+            has_host = False
+        if not has_host:
+            raise ValueError(f"url must name a host and an optional numeric port, got {url!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout) or not timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
@@ -160,8 +281,13 @@ class HTTPReward(Reward):
         headers = dict(headers or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise ValueError(f"headers must map strings to strings, got {headers!r}")
+        if secret_env is not None:
+            if not isinstance(secret_env, str) or not secret_env:
+                raise ValueError(f"secret_env must be the name of an environment variable, got {secret_env!r}")
+            headers[SECRET_HEADER] = read_secret(secret_env, f"HTTPReward secret_env={secret_env!r}")
         self.url, self.timeout, self.retries = url, float(timeout), retries
         self.backoff, self.batch_size, self.headers = float(backoff), batch_size, headers
+        self.secret_env = secret_env
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_images(images, prompts, self.name)
@@ -181,32 +307,31 @@ class HTTPReward(Reward):
         for attempt in range(attempts):
             if attempt > 0:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    answer = response.read()
-            except urllib.error.HTTPError as err:
-                last_error = _error_message(err)
-                if err.code < 500 and err.code not in RETRIED_CLIENT_CODES:
-                    raise RewardError(
-                        f"reward server {self.url} rejected the request with {last_error} "
-                        f"(a client error, not retried); check the url, the headers and that "
-                        f"the server speaks the protocol of treegrpo.rewards.http"
-                    ) from None
+                status, reason, answer = post_within(self.url, body, headers, self.timeout)
+            except (OSError, http.client.HTTPException) as err:  # TimeoutError is an OSError
+                last_error = f"{type(err).__name__}: {err}"
                 continue
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as err:
-                reason = getattr(err, "reason", err)
-                last_error = f"{type(reason).__name__}: {reason}"
-                continue
-            return parse_scores(answer, len(prompts), self.url)
+            if len(answer) > MAX_ANSWER_BYTES:
+                raise RewardError(f"reward server {self.url} answered more than "
+                                  f"{MAX_ANSWER_BYTES} bytes; expected a small JSON object of scores")
+            if 200 <= status < 300:
+                return parse_scores(answer, len(prompts), self.url)
+            last_error = _error_message(status, reason, answer)
+            if status < 500 and status not in RETRIED_CLIENT_CODES:
+                raise RewardError(
+                    f"reward server {self.url} rejected the request with {last_error} "
+                    f"(a client error, not retried); check the url, the headers, secret_env and "
+                    f"that the server speaks the protocol of treegrpo.rewards.http"
+                )
         raise RewardError(
             f"reward server {self.url} failed after {attempts} attempt(s) "
-            f"(timeout {self.timeout:g} s); last error: {last_error}. Check that the server is "
+            f"(timeout {self.timeout:g} s each); last error: {last_error}. Check that the server is "
             f"running and reachable from here (e.g. python tools/reward_server.py --reward NAME "
             f"--port PORT) and look at its log."
         )
 
     def __repr__(self) -> str:
+        secret = f", secret_env={self.secret_env!r}" if self.secret_env else ""
         return (f"HTTPReward(url={self.url!r}, timeout={self.timeout:g}, retries={self.retries}, "
-                f"batch_size={self.batch_size})")
+                f"batch_size={self.batch_size}{secret})")

@@ -42,6 +42,15 @@ VOCAB: tuple[str, ...] = (
 )
 WORD_TO_ID: dict[str, int] = {word: index for index, word in enumerate(VOCAB)}
 MAX_TOKENS = 12  # every grammar prompt has 11 words; one spare pad
+SHOWN_CHARS = 80  # errors echo at most this much of a prompt or word
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``repr`` of ``text`` for an error message: the first ``limit`` characters and the length
+    when longer (a 10 MB prompt must not end up in a log line)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -90,11 +99,11 @@ def spec_to_prompt(spec: ShapeSpec) -> str:
 
 def _expect(words: list[str], position: int, allowed: tuple[str, ...], what: str, text: str) -> str:
     if position >= len(words):
-        raise ValueError(f"prompt {text!r} ends early: expected {what} {list(allowed)}")
+        raise ValueError(f"prompt {shown(text)} ends early: expected {what} {list(allowed)}")
     word = words[position]
     if word not in allowed:
         raise ValueError(
-            f"prompt {text!r}: expected {what} {list(allowed)} at word {position + 1}, got {word!r}"
+            f"prompt {shown(text)}: expected {what} {list(allowed)} at word {position + 1}, got {shown(word)}"
         )
     return word
 
@@ -107,7 +116,7 @@ def parse_prompt(text: str) -> ShapeSpec:
     words = text.lower().strip().rstrip(".").split()
     for word in words:
         if word not in WORD_TO_ID or word == "<pad>":
-            raise ValueError(f"unknown word {word!r} in prompt {text!r}; known words: {VOCAB[1:]}")
+            raise ValueError(f"unknown word {shown(word)} in prompt {shown(text)}; known words: {VOCAB[1:]}")
     _expect(words, 0, ("a",), "the article", text)
     size = _expect(words, 1, SIZES, "a size", text)
     colour = _expect(words, 2, COLOURS, "a colour", text)
@@ -121,11 +130,12 @@ def parse_prompt(text: str) -> ShapeSpec:
     position = _expect(words, 10, POSITIONS, "a position", text)
     if POSITION_PHRASES[position][0] != preposition:
         raise ValueError(
-            f"prompt {text!r}: the position {position!r} is written "
+            f"prompt {shown(text)}: the position {position!r} is written "
             f"{' '.join(POSITION_PHRASES[position])!r}"
         )
     if len(words) > 11:
-        raise ValueError(f"prompt {text!r} has extra words after the position: {words[11:]}")
+        extra = " ".join(words[11:])
+        raise ValueError(f"prompt {shown(text)} has extra words after the position: {shown(extra)}")
     return ShapeSpec(shape, colour, background, size, position)
 
 
@@ -147,9 +157,9 @@ def tokenize(prompts: list[str], max_len: int = MAX_TOKENS) -> torch.Tensor:
     for row, text in enumerate(prompts):
         words = text.lower().strip().rstrip(".").split()
         if len(words) > max_len:
-            raise ValueError(f"prompt {text!r} has {len(words)} words, more than max_len={max_len}")
+            raise ValueError(f"prompt {shown(text)} has {len(words)} words, more than max_len={max_len}")
         for col, word in enumerate(words):
             if word not in WORD_TO_ID or word == "<pad>":
-                raise ValueError(f"unknown word {word!r} in prompt {text!r}; known words: {VOCAB[1:]}")
+                raise ValueError(f"unknown word {shown(word)} in prompt {shown(text)}; known words: {VOCAB[1:]}")
             ids[row, col] = WORD_TO_ID[word]
     return ids
