@@ -61,8 +61,8 @@ class TinyTestPolicy(Policy):
     def noise_levels(self, num_steps):
         return torch.linspace(1.0, 0.0, num_steps + 1)
 
-    def model_output(self, latents, level, cond):
-        return self.denoiser(latents, level, cond["emb"])
+    def model_output(self, latents, level, cond, model=None):
+        return (self.denoiser if model is None else model)(latents, level, cond["emb"])
 
     def decode(self, latents):
         gray = torch.sigmoid(latents[:, :1])

@@ -43,11 +43,11 @@ def test_tree_forwards_are_batched_per_depth(tiny_policy):
     batch_sizes = []
     original = tiny_policy.model_output
 
-    def recording(latents, level, cond):
+    def recording(latents, level, cond, model=None):
         batch_sizes.append(latents.shape[0])
-        return original(latents, level, cond)
+        return original(latents, level, cond, model)
 
-    tiny_policy.model_output = recording
+    tiny_policy.model_output = recording  # test spy on the instance
     plan = BranchPlan(start=2, depth=3, k=2)
     TreeSampler(num_steps=7).sample(tiny_policy, FlowMatchingKernel(0.7), PROMPTS, plan, torch.Generator())
     p = len(PROMPTS)

@@ -96,8 +96,10 @@ def test_trainable_parts_gradients_and_reference():
     x, level = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 0.5])
     with torch.no_grad():
         trained = policy.model_output(x, level, cond)
-        with policy.reference():
-            frozen = policy.model_output(x, level, cond)
+        with policy.reference() as reference:
+            assert reference is policy.reference_denoiser
+            frozen = policy.model_output(x, level, cond, model=reference)
+        assert policy.denoiser is not policy.reference_denoiser  # nothing was swapped
         reloaded = ToyFlowPolicy().model_output(x, level, cond)
     assert torch.allclose(frozen, reloaded, atol=1e-5) and not torch.allclose(trained, frozen)
     assert policy.denoiser is not policy.reference_denoiser

@@ -25,6 +25,7 @@ from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, R
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .run_files import create_run_dir
+from .samplers.common import PromptNoise
 from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, make_generator, timer
 
@@ -123,11 +124,9 @@ class Runner:
             self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0
         )
         # The lr scheduler is stepped by us once per iteration (not prepared: accelerate would
-        # step it once per process).
-        self.policy.denoiser, self.optimizer = self.accelerator.prepare(
-            self.policy.denoiser, self.optimizer
-        )
-        self._autocast_reference()
+        # step it once per process). The policy keeps its bare denoiser; the runner owns the
+        # wrapper that accelerate returns (DDP / FSDP) and runs the training forwards through it.
+        self.train_model, self.optimizer = self.accelerator.prepare(self.policy.denoiser, self.optimizer)
 
         self.iteration = 0
         self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
@@ -151,14 +150,6 @@ class Runner:
             raise ValueError("Runner needs a work_dir or a runs_root to create a new run folder in")
         path = [str(create_run_dir(Path(runs_root), self.seed)) if self.is_main else None]
         return Path(broadcast_object_list(path, from_process=0)[0])
-
-    def _autocast_reference(self) -> None:
-        """Run a frozen full-fine-tuning reference under the same autocast as the prepared
-        denoiser, so that policy and reference agree exactly before the first update."""
-        reference = getattr(self.policy, "reference_denoiser", None)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
-        if reference is not None and dtype is not None:
-            reference.forward = torch.autocast(self.device.type, dtype=dtype)(reference.forward)
 
     # ------------------------------------------------------------------ main loop
     @property
@@ -197,9 +188,8 @@ class Runner:
         plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
 
         with self.phase(times, "sample"):
-            self.policy.denoiser.eval()
-            rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan,
-                                          self.generator("sample", iteration))
+            self.train_model.eval()
+            rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration))
         with self.phase(times, "reward"):
             rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
             all_rewards = self.accelerator.gather(rewards).float().cpu()
@@ -272,7 +262,7 @@ class Runner:
     def update(self, rollout, advantages, iteration: int) -> dict[str, float]:
         """Clipped-ratio policy update over all edges, grouped by parent (one forward per parent)."""
         cfg = self.update_cfg
-        model = self.policy.denoiser
+        model = self.train_model
         model.train()
         parents = rollout.parent_nodes
         stats: dict[str, list[float]] = defaultdict(list)
@@ -288,8 +278,9 @@ class Runner:
                     last = j == len(micro_batches) - 1
                     sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
                     with sync:
-                        batch = edge_log_probs(self.policy, self.kernel, rollout, micro,
-                                               with_kl=self.loss.needs_reference)
+                        with self.accelerator.autocast():  # the reference too, as in sampling
+                            batch = edge_log_probs(self.policy, self.kernel, rollout, micro,
+                                                   with_kl=self.loss.needs_reference, model=model)
                         loss, loss_stats = self.loss(batch.log_prob, rollout.log_prob[batch.child],
                                                      advantages.node[batch.child], batch.kl)
                         if not torch.isfinite(loss):
@@ -328,6 +319,11 @@ class Runner:
         rank = self.rank if rank is None else rank
         device = self.device if purpose == "sample" else "cpu"
         return make_generator(device, self.seed, iteration, rank, PURPOSES[purpose])
+
+    def noise(self, iteration: int) -> PromptNoise:
+        """The sampling noise of this rank's prompts: drawn from one generator shared by all ranks
+        and indexed by global prompt, so N processes sample what one process would."""
+        return PromptNoise(self.generator("sample", iteration, rank=0), self.rank, self.world_size)
 
     def call_hooks(self, event: str, *args) -> None:
         for hook in self.hooks:

@@ -38,22 +38,26 @@ def children_of(parent: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tens
 
 
 def edge_log_probs(
-    policy, kernel, rollout: Rollout, parents: torch.Tensor, with_kl: bool = False
+    policy, kernel, rollout: Rollout, parents: torch.Tensor, with_kl: bool = False,
+    model: torch.nn.Module | None = None,
 ) -> EdgeBatch:
-    """One forward at the ``parents`` [M'] node states -> log-probs of all their child edges."""
+    """One forward at the ``parents`` [M'] node states -> log-probs of all their child edges.
+
+    ``model``: the module whose gradients train the policy (the runner's DDP / FSDP wrapper;
+    default the bare denoiser); the KL reference is ``policy.reference()``."""
     nfe_before = policy.nfe
     x = rollout.latents[parents]
     step = rollout.step[parents]
     cond = index_cond(rollout.cond, rollout.prompt_index[parents])
     level = rollout.levels[step]
-    out = policy.predict(x, level, cond, rollout.guidance_scale)
+    out = policy.predict(x, level, cond, rollout.guidance_scale, model=model)
     child, slot = children_of(rollout.parent, parents)
     x_next = rollout.latents[child]
     log_prob = kernel.log_prob(x_next, x[slot], out[slot], rollout.levels, step[slot])
     kl = None
     if with_kl:
-        with torch.no_grad(), policy.reference():
-            out_ref = policy.predict(x, level, cond, rollout.guidance_scale)
+        with torch.no_grad(), policy.reference() as reference:
+            out_ref = policy.predict(x, level, cond, rollout.guidance_scale, model=reference)
         mean, std = kernel.sde_mean_std(x, out, rollout.levels, step)
         mean_ref, _ = kernel.sde_mean_std(x, out_ref, rollout.levels, step)
         kl = gaussian_kl_equal_std(mean, mean_ref, std)[slot]

@@ -148,23 +148,18 @@ def tree_advantage(advantage_cfg: dict | None) -> TreeBackup:
 
 @contextlib.contextmanager
 def count_forward_rows(policy, on_rows: Callable[[int], None] | None) -> Iterator[None]:
-    """Within the block, call ``on_rows(total rows so far)`` after every ``policy.model_output``."""
+    """Within the block, call ``on_rows(model rows so far)`` after every forward of
+    ``policy.denoiser`` (a torch forward hook, removed on exit; rows as counted by ``policy.nfe``,
+    CFG rows included)."""
     if on_rows is None:
         yield
         return
-    forward, seen = policy.model_output, [0]
-
-    def counted(latents, level, cond):
-        out = forward(latents, level, cond)
-        seen[0] += latents.shape[0]
-        on_rows(seen[0])
-        return out
-
-    policy.model_output = counted  # instance attribute shadows the method
+    start = policy.nfe
+    handle = policy.denoiser.register_forward_hook(lambda *_: on_rows(policy.nfe - start))
     try:
         yield
     finally:
-        del policy.model_output
+        handle.remove()
 
 
 @dataclass

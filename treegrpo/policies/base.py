@@ -20,8 +20,10 @@ from ..registry import KERNELS
 class Policy(nn.Module, abc.ABC):
     """Base class: a text-conditional denoiser plus everything needed to use it.
 
-    Subclasses set ``self.denoiser`` (the ``nn.Module`` that is trained and wrapped by
-    accelerate) and implement the abstract methods. ``nfe`` counts model evaluations per sample
+    Subclasses set ``self.denoiser`` (the bare ``nn.Module`` that is trained) and implement the
+    abstract methods. The policy never holds a wrapper: the runner keeps what
+    ``accelerator.prepare`` returns (DDP / FSDP) and passes it as ``model`` to :meth:`predict` for
+    the training forwards; the reference policy comes from :meth:`reference` the same way. ``nfe`` counts model evaluations per sample
     (a forward on a batch of B rows adds B; with classifier-free guidance 2B).
     """
 
@@ -60,9 +62,13 @@ class Policy(nn.Module, abc.ABC):
     # --- model --------------------------------------------------------------------------
     @abc.abstractmethod
     def model_output(
-        self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor]
+        self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor],
+        model: nn.Module | None = None,
     ) -> torch.Tensor:
-        """One raw denoiser forward. latents [B, C, H, W], level [B] -> output [B, C, H, W]."""
+        """One raw forward of ``model`` (default: ``self.denoiser``; the runner passes its
+        DDP / FSDP wrapper or the reference). latents [B, C, H, W], level [B] -> [B, C, H, W].
+        Attributes such as ``dtype`` or ``config`` are read from ``self.denoiser``, never through
+        ``model``, which may be a wrapper."""
 
     def predict(
         self,
@@ -70,17 +76,19 @@ class Policy(nn.Module, abc.ABC):
         level: torch.Tensor,
         cond: dict[str, torch.Tensor],
         guidance_scale: float = 1.0,
+        model: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Guided model output [B, C, H, W]; with ``guidance_scale > 1`` the unconditional and
-        conditional rows go through the model as one batch of 2B. Counts NFE."""
+        """Guided output [B, C, H, W] of ``model`` (default: the bare ``self.denoiser``); with
+        ``guidance_scale > 1`` the unconditional and conditional rows go through the model as one
+        batch of 2B. Counts NFE."""
         batch = latents.shape[0]
         if guidance_scale <= 1.0:
             self.nfe += batch
-            return self.model_output(latents, level, cond)
+            return self.model_output(latents, level, cond, model)
         null = self.null_condition(batch)
         both = {key: torch.cat([null[key], cond[key]]) for key in cond}
-        out = self.model_output(torch.cat([latents, latents]), torch.cat([level, level]), both)
         self.nfe += 2 * batch
+        out = self.model_output(torch.cat([latents, latents]), torch.cat([level, level]), both, model)
         uncond, conditional = out.chunk(2)
         return uncond + guidance_scale * (conditional - uncond)
 
@@ -131,22 +139,26 @@ class Policy(nn.Module, abc.ABC):
         LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none."""
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Within this context the model is the frozen reference policy (for the KL term).
+    def reference(self) -> Iterator[nn.Module]:
+        """Yields the frozen reference policy's module (for the KL term), to pass as ``model``:
+        ``with policy.reference() as ref: policy.predict(..., model=ref)``.
 
-        LoRA: the adapters are disabled (no copy). Full fine-tuning: a frozen copy kept in
-        ``self.reference_denoiser`` (set by the subclass when asked to keep one) is swapped in.
+        Full fine-tuning: the frozen copy in ``self.reference_denoiser`` (kept by the subclass
+        when asked). LoRA: the bare denoiser with its adapters disabled inside the context (no
+        copy). Run it under the training forward's autocast so that both agree before an update.
         """
         frozen = getattr(self, "reference_denoiser", None)
         if frozen is not None:
-            trained = self.denoiser
-            self.denoiser = frozen
-            try:
-                yield
-            finally:
-                self.denoiser = trained
+            # A copy kept in lower precision than the float32 trained weights runs under an
+            # autocast to its own dtype (inputs arrive in the trained denoiser's dtype).
+            frozen_dtype = next(frozen.parameters()).dtype
+            trained_dtype = next(self.denoiser.parameters()).dtype
+            low = frozen_dtype in (torch.bfloat16, torch.float16) and frozen_dtype != trained_dtype
+            device = next(frozen.parameters()).device
+            with torch.autocast(device.type, dtype=frozen_dtype) if low else contextlib.nullcontext():
+                yield frozen
             return
-        model = getattr(self.denoiser, "module", self.denoiser)  # unwrap DDP
+        model = self.denoiser
         if not hasattr(model, "disable_adapters") or not getattr(model, "_hf_peft_config_loaded", False):
             raise RuntimeError(
                 f"{type(self).__name__} has no reference policy for the KL term: train LoRA "
@@ -154,6 +166,6 @@ class Policy(nn.Module, abc.ABC):
             )
         model.disable_adapters()
         try:
-            yield
+            yield model
         finally:
             model.enable_adapters()

@@ -133,7 +133,12 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
     (``lora = dict(r, alpha, target_modules)``; the reference policy is the adapters switched off),
     or all weights, with a frozen copy in ``policy.reference_denoiser`` when ``keep_reference``.
     ``compile_denoiser`` (True or ``torch.compile`` options such as ``dict(mode='max-autotune')``)
-    compiles the denoiser's forward in place: parameter names and checkpoints do not change."""
+    compiles the denoiser's forward in place: parameter names and checkpoints do not change.
+
+    Trained tensors are float32 whatever the pipeline's ``dtype`` (bf16 weights would round most
+    AdamW steps at lr 1e-5 away): the LoRA adapters, or for a full fine-tune the whole denoiser;
+    the frozen base and a full fine-tune's reference copy stay in the loaded dtype, and the
+    forwards run under the runner's autocast."""
     denoiser = policy.denoiser
     if lora is not None:
         from peft import LoraConfig
@@ -144,8 +149,13 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
             r=rank, lora_alpha=lora.get("alpha", rank),
             target_modules=list(lora.get("target_modules", DEFAULT_LORA_TARGETS)),
             init_lora_weights="gaussian"))
-    elif keep_reference:
-        policy.reference_denoiser = copy.deepcopy(denoiser).requires_grad_(False).eval()
+        for param in denoiser.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    else:
+        if keep_reference:
+            policy.reference_denoiser = copy.deepcopy(denoiser).requires_grad_(False).eval()
+        denoiser.float()
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     if compile_denoiser:

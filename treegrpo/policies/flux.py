@@ -150,8 +150,9 @@ class FluxPolicy(DiffusersPolicy):
         scheduler.set_timesteps(num_steps, sigmas=sigmas, mu=mu)
         return scheduler.sigmas.float()
 
-    def model_output(self, latents, level, cond):
+    def model_output(self, latents, level, cond, model=None):
         """latents [B, C, H, W], level [B] (sigmas) -> velocity [B, C, H, W] (model dtype)."""
+        net = self.denoiser if model is None else model
         dtype = self.denoiser.dtype
         batch, _, height, width = latents.shape
         device = latents.device
@@ -161,7 +162,7 @@ class FluxPolicy(DiffusersPolicy):
         if self.guidance is not None:
             guidance = torch.full((batch,), self.guidance, dtype=torch.float32, device=device)
         embeds = cond["prompt_embeds"].to(dtype)
-        packed = self.denoiser(
+        packed = net(
             hidden_states=pack_latents(latents.to(dtype)), timestep=timestep, guidance=guidance,
             pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, dtype=dtype, device=device),

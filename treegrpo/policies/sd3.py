@@ -77,10 +77,11 @@ class SD3Policy(DiffusersPolicy):
         scheduler.set_timesteps(num_steps)
         return scheduler.sigmas.float()
 
-    def model_output(self, latents, level, cond):
+    def model_output(self, latents, level, cond, model=None):
+        net = self.denoiser if model is None else model
         dtype = self.denoiser.dtype
         timestep = level.to(latents.device) * self.pipe.scheduler.config.num_train_timesteps
-        return self.denoiser(
+        return net(
             hidden_states=latents.to(dtype), timestep=timestep,
             encoder_hidden_states=cond["prompt_embeds"].to(dtype),
             pooled_projections=cond["pooled"].to(dtype), return_dict=False,

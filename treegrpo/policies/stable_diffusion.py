@@ -79,9 +79,10 @@ class StableDiffusionPolicy(DiffusersPolicy):
         table = self.pipe.scheduler.alphas_cumprod.to(level.device)
         return torch.argmin((table[None, :] - level[:, None].float()).abs(), dim=1)
 
-    def model_output(self, latents, level, cond):
+    def model_output(self, latents, level, cond, model=None):
+        net = self.denoiser if model is None else model
         dtype = self.denoiser.dtype
-        return self.denoiser(latents.to(dtype), self.timesteps_of(level.reshape(-1).expand(latents.shape[0])),
+        return net(latents.to(dtype), self.timesteps_of(level.reshape(-1).expand(latents.shape[0])),
                              encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0]
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from treegrpo.policies.base import Policy
 from treegrpo.registry import POLICIES
@@ -75,11 +76,13 @@ class ToyFlowPolicy(Policy):
 
     # --- model --------------------------------------------------------------------------
     def model_output(
-        self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor]
+        self, latents: torch.Tensor, level: torch.Tensor, cond: dict[str, torch.Tensor],
+        model: nn.Module | None = None,
     ) -> torch.Tensor:
         """Velocity [B, 3, 32, 32] for latents [B, 3, 32, 32] at sigma ``level`` [B]."""
+        net = self.denoiser if model is None else model
         level = level.to(device=latents.device, dtype=latents.dtype).expand(latents.shape[0])
-        return self.denoiser(latents, level, cond["tokens"], cond["pooled"])
+        return net(latents, level, cond["tokens"], cond["pooled"])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[-1, 1] latents [B, 3, 32, 32] -> images in [0, 1] (clamped)."""

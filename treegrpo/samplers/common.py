@@ -6,10 +6,35 @@ import torch
 from ..rollout import index_cond
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Standard normal noise drawn from ``generator`` (on the generator's device), moved to ``device``."""
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device)
+class PromptNoise:
+    """Standard normal noise for one process's share of a global prompt batch.
+
+    Every process holds the same ``generator`` and draws the noise of the whole global batch,
+    ``[P * world_size, rows_per_prompt, ...]``, keeping the rows of its own prompts (global prompt
+    ``g`` lives on process ``g % world_size``, the sharding of ``Runner.prompts_for``). A tree's
+    noise therefore depends on its global prompt index only: N processes sample exactly what one
+    process sampling the same global batch does, and with one process the stream is a plain
+    ``torch.randn`` of the local shape. Cost: each draw briefly holds the global batch's noise.
+    """
+
+    def __init__(self, generator: torch.Generator, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    def draw(self, num_prompts: int, rows_per_prompt: int, shape: tuple[int, ...],
+             device: torch.device) -> torch.Tensor:
+        """Noise [num_prompts * rows_per_prompt, *shape] for this process's prompts, rows
+        prompt-major (prompt 0's rows first), float32 on ``device``."""
+        full = (num_prompts * self.world_size, rows_per_prompt, *shape)
+        noise = torch.randn(full, generator=self.generator, device=self.generator.device,
+                            dtype=torch.float32)
+        return noise[self.rank :: self.world_size].reshape(-1, *shape).to(device)
+
+
+def as_noise(source: "PromptNoise | torch.Generator") -> PromptNoise:
+    """A :class:`PromptNoise`; a bare generator means one process holding the whole batch."""
+    return source if isinstance(source, PromptNoise) else PromptNoise(source)
 
 
 def ode_integrate(

@@ -5,7 +5,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import decode, ode_integrate, randn
+from .common import PromptNoise, as_noise, decode, ode_integrate
 from .tree import _check
 
 
@@ -42,8 +42,11 @@ class FlatSampler:
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def sample(self, policy, kernel, prompts: list[str], plan, generator: torch.Generator) -> Rollout:
-        """Rollout of ``len(prompts) * group_size`` chains, trained on the plan's window."""
+    def sample(self, policy, kernel, prompts: list[str], plan,
+               generator: PromptNoise | torch.Generator) -> Rollout:
+        """Rollout of ``len(prompts) * group_size`` chains, trained on the plan's window;
+        ``generator``: the noise source (:class:`PromptNoise`, or a generator for one process)."""
+        noise_source = as_noise(generator)
         device = next(policy.denoiser.parameters()).device
         num_prompts, group, gs = len(prompts), self.group_size, self.guidance_scale
         nfe_before = policy.nfe
@@ -57,10 +60,10 @@ class FlatSampler:
         prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(group)
         row_cond = index_cond(cond, prompt_of_row)
         if self.shared_noise:
-            x = randn((num_prompts, *policy.latent_shape), generator, device)
+            x = noise_source.draw(num_prompts, 1, policy.latent_shape, device)
             x = x.repeat_interleave(group, dim=0)
         else:
-            x = randn((rows, *policy.latent_shape), generator, device)
+            x = noise_source.draw(num_prompts, group, policy.latent_shape, device)
         x = ode_integrate(policy, kernel, x, row_cond, levels, range(plan.start), gs, self.chunk_size)
 
         # Chain j's nodes are j, j + rows, j + 2*rows, ... (one layer of `rows` nodes per SDE step).
@@ -69,7 +72,7 @@ class FlatSampler:
         for layer, i in enumerate(window):
             step = torch.full((rows,), i, dtype=torch.long, device=device)
             out = policy.predict(x, levels[step], row_cond, gs)
-            noise = randn(tuple(x.shape), generator, device)
+            noise = noise_source.draw(num_prompts, group, policy.latent_shape, device)
             x, log_prob = kernel.sde_step(x, out, levels, step, noise)
             steps.append(step)
             latents.append(x)

@@ -5,7 +5,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import decode, ode_integrate, randn
+from .common import PromptNoise, as_noise, decode, ode_integrate
 
 
 def _check(num_steps: int, guidance_scale: float) -> None:
@@ -38,8 +38,11 @@ class TreeSampler:
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def sample(self, policy, kernel, prompts: list[str], plan, generator: torch.Generator) -> Rollout:
-        """Rollout of ``len(prompts)`` trees under the branching ``plan`` (start, depth, k)."""
+    def sample(self, policy, kernel, prompts: list[str], plan,
+               generator: PromptNoise | torch.Generator) -> Rollout:
+        """Rollout of ``len(prompts)`` trees under the branching ``plan`` (start, depth, k);
+        ``generator``: the noise source (:class:`PromptNoise`, or a generator for one process)."""
+        noise_source = as_noise(generator)
         device = next(policy.denoiser.parameters()).device
         num_prompts, gs = len(prompts), self.guidance_scale
         nfe_before = policy.nfe
@@ -49,7 +52,7 @@ class TreeSampler:
         if plan_steps.stop > self.num_steps:
             raise ValueError(f"branch window {plan_steps} does not fit in num_steps={self.num_steps}")
 
-        x = randn((num_prompts, *policy.latent_shape), generator, device)
+        x = noise_source.draw(num_prompts, 1, policy.latent_shape, device)
         x = ode_integrate(policy, kernel, x, cond, levels, range(plan.start), gs)
 
         # Nodes are appended depth by depth, so parents always precede their children.
@@ -66,7 +69,7 @@ class TreeSampler:
             x_rep = x.repeat_interleave(plan.k, dim=0)
             out_rep = out.repeat_interleave(plan.k, dim=0)
             step_rep = step.repeat_interleave(plan.k)
-            noise = randn(tuple(x_rep.shape), generator, device)
+            noise = noise_source.draw(num_prompts, x_rep.shape[0] // num_prompts, policy.latent_shape, device)
             x, log_prob = kernel.sde_step(x_rep, out_rep, levels, step_rep, noise)
             children = torch.arange(num_nodes, num_nodes + x.shape[0], device=device)
             num_nodes += x.shape[0]
