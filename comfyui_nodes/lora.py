@@ -38,7 +38,7 @@ def read_lora_modules(state: dict[str, torch.Tensor], metadata: dict[str, str] |
     family = POLICY_FAMILY.get(type(policy).__name__) or detect_family(adapted)
     diffusers_prefix, comfy_prefix = FAMILIES[family]
     if any(key.startswith(comfy_prefix) for key in state):
-        modules = from_comfyui(state, family, known_module_names(policy.unwrapped_denoiser()))
+        modules = from_comfyui(state, family, known_module_names(policy.denoiser))
     else:
         prefix, modules = from_diffusers(state, metadata)
         if prefix != diffusers_prefix:
@@ -59,7 +59,7 @@ def to_trainable_state(state: dict[str, torch.Tensor], policy: Any,
     """Tensors (and safetensors ``metadata``) of a LoRA file -> the policy's trainable state dict
     (peft names), rescaled so the policy's ``B @ A * lora_alpha / r`` equals the file's update. A
     state that already has the trainable names is returned unchanged."""
-    denoiser = policy.unwrapped_denoiser()
+    denoiser = policy.denoiser
     params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
     if set(state) == set(params):
         return state

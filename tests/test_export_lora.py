@@ -52,7 +52,7 @@ def _check_comfy_semantics(runner, stock_model, out_file, prefix, forward_args):
     """Every exported module equals peft's merged weight, and a stock model patched the way
     ComfyUI patches it reproduces the trained model's output."""
     state, _ = read_safetensors(out_file)
-    trained = runner.policy.unwrapped_denoiser()
+    trained = runner.policy.denoiser
     key_map = {prefix + n.replace(".", "_"): n for n, _ in stock_model.named_modules()}  # as ComfyUI builds it
     keys = sorted({re.sub(PARTS, "", k) for k in state})
     assert keys and all(k in key_map for k in keys)
@@ -76,7 +76,7 @@ def test_sd3_round_trip_diffusers_comfyui_diffusers(sd3_run, tiny, tmp_path):
     prefix, modules = from_diffusers(original, metadata)
     assert prefix == "transformer" and all(m.alpha == 8.0 and m.rank == 4 for m in modules.values())
     comfy = to_comfyui(modules, "sd3")
-    for known in (list(modules), known_module_names(runner.policy.unwrapped_denoiser())):
+    for known in (list(modules), known_module_names(runner.policy.denoiser)):
         back, back_meta = to_diffusers(comfy, "sd3", known)
         assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
         _, again = from_diffusers(back, back_meta)
@@ -90,7 +90,7 @@ def test_sd3_round_trip_diffusers_comfyui_diffusers(sd3_run, tiny, tmp_path):
                 timestep=torch.tensor([500.0]), encoder_hidden_states=cond["prompt_embeds"],
                 pooled_projections=cond["pooled"], return_dict=False)
     with torch.no_grad():
-        torch.testing.assert_close(stock.transformer(**args)[0], runner.policy.unwrapped_denoiser()(**args)[0],
+        torch.testing.assert_close(stock.transformer(**args)[0], runner.policy.denoiser(**args)[0],
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -144,7 +144,7 @@ def test_sd15_export_from_peft_tensors(sd15_run, tiny, tmp_path):
     args = dict(sample=torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2)),
                 timestep=torch.tensor([400]), encoder_hidden_states=cond["prompt_embeds"], return_dict=False)
     _check_comfy_semantics(runner, stock, exact, "lora_unet_", args)
-    back, _ = to_diffusers(read_safetensors(exact)[0], "sd15", known_module_names(runner.policy.unwrapped_denoiser()))
+    back, _ = to_diffusers(read_safetensors(exact)[0], "sd15", known_module_names(runner.policy.denoiser))
     assert set(back) == {f"unet.{n}.lora_{ab}.weight" for n in modules for ab in "AB"}
 
 

@@ -37,7 +37,7 @@ def test_flat_grpo_trains_lora_only(family, tiny_models, tmp_path):
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["losses/loss"])) for r in records)
     assert records[0]["rollout/leaves"] == 2 * 3 and records[0]["losses/kl"] == 0.0
 
-    trained = dict(runner.policy.unwrapped_denoiser().named_parameters())
+    trained = dict(runner.policy.denoiser.named_parameters())
     fresh = dict(policy_cls(str(tiny_models[family]), resolution=32, lora=dict(r=4)).denoiser.named_parameters())
     assert set(trained) == set(fresh)
     lora_b = [n for n in trained if "lora_B" in n]

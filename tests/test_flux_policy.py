@@ -166,7 +166,7 @@ def check_lora_training(runner, model_path: Path, log: Path) -> None:
     assert any("single_transformer_blocks" in k for k in after)  # attn.to_q etc. match there too
     assert any(not torch.equal(before[k], after[k]) for k in after)  # LoRA weights trained
     frozen = {k: v for k, v in initial.denoiser.state_dict().items() if "lora" not in k}
-    trained = runner.policy.unwrapped_denoiser().state_dict()
+    trained = runner.policy.denoiser.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in frozen.items())  # base weights unchanged
 
 

@@ -89,7 +89,7 @@ def test_sd15_lora_checkpoint_loads_into_a_stock_pipeline(tiny_sd15, tmp_path):
         base = stock.unet(*args, **kwargs)[0]
         stock.load_lora_weights(ckpt / "lora")
         loaded = stock.unet(*args, **kwargs)[0]
-        trained = runner.policy.unwrapped_denoiser()(*args, **kwargs)[0]
+        trained = runner.policy.denoiser(*args, **kwargs)[0]
     assert not torch.allclose(base, trained)
     torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)
 
@@ -105,7 +105,7 @@ def test_sd15_full_fine_tune_exports_a_diffusers_unet(tiny_sd15, tmp_path):
     base = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
     args, kwargs = _unet_args(runner.policy)
     with torch.no_grad():
-        trained = runner.policy.unwrapped_denoiser()(*args, **kwargs)[0]
+        trained = runner.policy.denoiser(*args, **kwargs)[0]
         assert not torch.allclose(base(*args, **kwargs)[0], trained)
         torch.testing.assert_close(exported(*args, **kwargs)[0], trained, rtol=1e-5, atol=1e-5)
 

@@ -58,7 +58,7 @@ def test_sd3_lora_training_changes_only_lora(tiny_sd3, tmp_path):
     assert all(torch.isfinite(torch.tensor(r["losses/loss"])) for r in records)
     assert records[0]["losses/kl"] == 0.0  # reference = adapters disabled, identical at first
     fresh = SD3Policy(str(tiny_sd3), resolution=32).denoiser.state_dict()
-    trained = runner.policy.unwrapped_denoiser().state_dict()
+    trained = runner.policy.denoiser.state_dict()
     lora_keys = [k for k in trained if "lora" in k]
     base_keys = [k for k in fresh]
     assert lora_keys and all(k.replace(".base_layer", "") in fresh or k in fresh
@@ -97,7 +97,7 @@ def test_checkpoint_lora_loads_into_a_stock_pipeline(tiny_sd3, tmp_path):
         base = stock.transformer(**args)[0]
         stock.load_lora_weights(lora_dir)
         loaded = stock.transformer(**args)[0]
-        trained = runner.policy.unwrapped_denoiser()(**args)[0]
+        trained = runner.policy.denoiser(**args)[0]
     assert not torch.allclose(base, trained)  # training changed the output
     torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)
 

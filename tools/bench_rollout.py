@@ -275,7 +275,7 @@ def run_mode(args: argparse.Namespace, mode: str, model_path: Path | None, work_
     device, mib = torch.device(args.device), 1024**2
     in_use = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes("VmRSS")
     runner = MeasuredRunner(make_config(args, mode, model_path), work_dir / mode)
-    denoiser = runner.policy.unwrapped_denoiser()
+    denoiser = runner.policy.denoiser
     info = {"latent_shape": list(runner.policy.latent_shape),
             "denoiser_parameters": sum(p.numel() for p in denoiser.parameters()),
             "trainable_parameters": sum(p.numel() for p in runner.policy.trainable_parameters()),

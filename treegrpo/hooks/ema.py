@@ -58,7 +58,7 @@ class EMAHook(Hook):
 
     @staticmethod
     def _params(runner) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in runner.policy.unwrapped_denoiser().named_parameters() if p.requires_grad}
+        return {n: p for n, p in runner.policy.denoiser.named_parameters() if p.requires_grad}
 
     def before_run(self, runner) -> None:
         if self.shadow is None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_state_dict
-from ..registry import KERNELS
+from ..registry import KERNELS, resolve_type
 
 
 class Policy(nn.Module, abc.ABC):
@@ -39,7 +39,7 @@ class Policy(nn.Module, abc.ABC):
         """Raise ValueError when ``kernel`` cannot interpret this policy's model outputs (e.g. a
         DDIM kernel on a flow model, or an epsilon kernel on a v-prediction UNet). Subclasses of the
         needed kernel (e.g. a plugin's variant of FlowMatchingKernel) are accepted."""
-        if self.kernel_type is not None and not isinstance(kernel, KERNELS.get(self.kernel_type)):
+        if self.kernel_type is not None and not isinstance(kernel, resolve_type(KERNELS, self.kernel_type)):
             raise ValueError(
                 f"{type(self).__name__} needs kernel type {self.kernel_type!r}, the config has "
                 f"{type(kernel).__name__!r}: set kernel = dict(type='{self.kernel_type}', ...)"
@@ -97,10 +97,6 @@ class Policy(nn.Module, abc.ABC):
         """Latents [B, C, h, w] -> images [B, 3, H, W] float in [0, 1]."""
 
     # --- training -----------------------------------------------------------------------
-    def unwrapped_denoiser(self) -> nn.Module:
-        """The denoiser without a DDP/FSDP wrapper (parameter names without ``module.``)."""
-        return getattr(self.denoiser, "module", self.denoiser)
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
 
@@ -108,7 +104,7 @@ class Policy(nn.Module, abc.ABC):
         """Only the trained tensors (full weights or LoRA), on CPU, for checkpoints."""
         return {
             name: p.detach().to("cpu", copy=True).contiguous()
-            for name, p in self.unwrapped_denoiser().named_parameters()
+            for name, p in self.denoiser.named_parameters()
             if p.requires_grad
         }
 
@@ -116,7 +112,7 @@ class Policy(nn.Module, abc.ABC):
         """Copy checkpoint tensors into the trainable parameters. Names must match exactly and every
         shape must be equal (``copy_`` would broadcast a [1, 64] tensor into [192, 64]); otherwise
         a CheckpointError names the tensor and ``source`` (the file it came from)."""
-        params = {n: p for n, p in self.unwrapped_denoiser().named_parameters() if p.requires_grad}
+        params = {n: p for n, p in self.denoiser.named_parameters() if p.requires_grad}
         check_state_dict(state, params, source, type(self).__name__)
         with torch.no_grad():
             for name, value in state.items():

@@ -227,7 +227,7 @@ class DiffusersPolicy(Policy):
           When the checkpoint's ``model.safetensors`` already holds exactly the model's state dict,
           the component's weight file is a hard link to it (no second copy on disk).
         """
-        model = self.unwrapped_denoiser()
+        model = self.denoiser
         if not getattr(model, "_hf_peft_config_loaded", False):
             export_full_model(model, Path(directory), self.component)
             return
