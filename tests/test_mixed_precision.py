@@ -3,10 +3,19 @@ adapters, or the whole denoiser of a full fine-tune) and their AdamW state are f
 lr 1e-6 step changes them (in bf16 it rounds away: the spacing of bf16 numbers near 0.1 is ~5e-4)."""
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from mmengine.config import Config
 
 from tools.make_tiny_models import main as make_tiny
 from treegrpo.runner import Runner
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process; the other tests run without it."""
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
 
 
 @pytest.fixture(scope="module")
