@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS, SAMPLERS,
-                       SCHEDULES)
+                       SCHEDULES, resolve_type)
 
 # Component keys: config key -> the registry its ``type`` is looked up in.
 COMPONENT_KEYS = {
@@ -86,11 +86,12 @@ def check_top_level_keys(cfg) -> list[str]:
 
 
 def registered_class(registry, type_name: Any):
-    """The class registered under ``type_name`` (only registered names; None when not one)."""
-    if not isinstance(type_name, str):
+    """The class registered under ``type_name`` (:func:`resolve_type`: registered names and
+    classes only); None when it is not one (``registry.build`` reports that with the names)."""
+    try:
+        return resolve_type(registry, type_name)
+    except (KeyError, TypeError):
         return None
-    registry.import_from_location()
-    return registry.module_dict.get(type_name)
 
 
 def accepted_arguments(cls) -> tuple[set[str] | None, set[str]]:
