@@ -96,16 +96,26 @@ def letterbox_preprocess(
     ``size``, which leaves a non-square tensor the ViT cannot take; here it is padded.
     Differentiable with respect to ``images``.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
-    images = images.float()
-    height, width = images.shape[-2:]
-    new_h, new_w = letterbox_shape(height, width, size)
-    if (new_h, new_w) != (height, width):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
-                               antialias=True)
+    images = image_batch(images)
+    new_h, new_w = letterbox_shape(*images.shape[-2:], size)
+    images = resize_bicubic(images, (new_h, new_w))
     images = F.pad(images, letterbox_padding(new_h, new_w, size), mode="constant", value=0.0)
     return normalize(images, mean, std)
+
+
+def image_batch(images: torch.Tensor) -> torch.Tensor:
+    """Check the shape [B, 3, H, W] (a ValueError naming it otherwise); return float32 images."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
+    return images.float()
+
+
+def resize_bicubic(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, *shape], bicubic with antialiasing (torchvision's tensor resize);
+    unchanged when already of that shape."""
+    if tuple(images.shape[-2:]) == tuple(shape):
+        return images
+    return F.interpolate(images, size=shape, mode="bicubic", align_corners=False, antialias=True)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -130,14 +140,10 @@ def clip_preprocess(
     ``clamp=False`` keeps the bicubic overshoot, as pipelines that resize float tensors (HPS's
     ``ToTensor`` before ``Resize``) do.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
-    images = images.float()
-    height, width = images.shape[-2:]
-    new_h, new_w = resized_shape(height, width, size)
-    if (new_h, new_w) != (height, width):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
-                               antialias=True)
+    images = image_batch(images)
+    new_h, new_w = resized_shape(*images.shape[-2:], size)
+    if (new_h, new_w) != tuple(images.shape[-2:]):
+        images = resize_bicubic(images, (new_h, new_w))
         if clamp:
             images = images.clamp(0.0, 1.0)
     top, left = center_crop_offsets(new_h, new_w, size, crop_rounding)
