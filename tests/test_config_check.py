@@ -1,4 +1,5 @@
 """The config check (treegrpo.config_check), hub ids and model-path errors, README snippets."""
+import os
 import re
 import subprocess
 import sys
@@ -76,11 +77,13 @@ def test_headline_command_offline_ends_in_one_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "tools/train.py", "configs/treegrpo_sd3_hps.py", "--work-dir", str(tmp_path / "run"),
          "--cfg-options", f"reward.checkpoint={weights}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "policy.model_path='stabilityai/stable-diffusion-3.5-medium'" in last
-    assert "HF_HUB_OFFLINE" in last and "hf download stabilityai/stable-diffusion-3.5-medium" in last
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # one message, no traceback
+    message = result.stderr.strip()
+    assert message.startswith("error: config configs/treegrpo_sd3_hps.py has 1 problem(s)")
+    assert "policy.model_path='stabilityai/stable-diffusion-3.5-medium'" in message
+    assert "HF_HUB_OFFLINE" in message and "hf download stabilityai/stable-diffusion-3.5-medium" in message
+    assert "--cfg-options policy.model_path=" in message
 
 
 # ------------------------------------------------------------------ item 5: fail fast
@@ -221,3 +224,4 @@ def test_leftover_base_argument_says_where_it_comes_from(tmp_path):
     assert "reward.checkpoint is not an argument of HTTPReward" in message
     assert "it comes from the base config's reward" in message and "toy_alignment.py" in message
     assert "add _delete_=True to reward" in message
+

@@ -19,8 +19,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing (plugins
 
 from mmengine.config import DictAction  # noqa: E402
 
-from treegrpo.checkpoint import list_checkpoints, resolve_checkpoint  # noqa: E402
+from treegrpo.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint  # noqa: E402
+from treegrpo.config_check import ConfigError  # noqa: E402
 from treegrpo.inference import load_config  # noqa: E402
+from treegrpo.policies.diffusers_common import ModelNotFoundError  # noqa: E402
 from treegrpo.run_files import dump_config  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
@@ -76,5 +78,12 @@ def main(argv=None) -> Runner:
     return runner
 
 
+# Errors that are the user's to fix and whose message says how: printed without a traceback.
+USER_ERRORS = (ConfigError, ModelNotFoundError, CheckpointError, FileNotFoundError)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
