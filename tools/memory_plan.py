@@ -141,7 +141,8 @@ def parents_per_micro_batch(cfg, gpus: int) -> tuple[int, str]:
     """Parents of the largest micro-batch one rank sends through the model with gradients."""
     prompts = int(cfg.prompts_per_iter)
     if prompts % gpus:
-        raise ValueError(f"prompts_per_iter={prompts} must be divisible by --gpus {gpus}")
+        raise ValueError(f"prompts_per_iter={prompts} must be divisible by --gpus {gpus} (as in training): "
+                         f"pass e.g. --cfg-options prompts_per_iter={gpus * -(-prompts // gpus)}")
     per_rank = prompts // gpus
     update = {"num_minibatches": 1, "micro_batch_size": 64, "per_step_batches": False, **cfg.get("update", {})}
     depth = int(cfg.schedule.get("depth", 1))
