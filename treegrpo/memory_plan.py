@@ -159,9 +159,10 @@ def plan(parts: ModelParts, run: RunShape, gpus: int, strategy: str) -> list[Lin
         frozen_weights = sum(tensor_bytes(p, run.dtype_bytes) for p in denoiser.parameters())
         frozen_note = "base weights in the policy dtype (+ buffers, not sharded)"
     else:
-        frozen_weights, frozen_note = 0, "buffers only (every weight is trained)"
+        frozen_weights, frozen_note = 0, "float32 buffers only, not sharded (every weight is trained)"
     lines = [
-        Line("denoiser, frozen", math.ceil(frozen_weights / shards) + buffers, f"{frozen_note} {shard_note}"),
+        Line("denoiser, frozen", math.ceil(frozen_weights / shards) + buffers,
+             f"{frozen_note} {shard_note}" if run.lora is not None else frozen_note),
         Line("trained tensors (float32)", math.ceil(4 * trained / shards), f"{trained:,} parameters {shard_note}"),
         Line("gradients (float32)", math.ceil(4 * trained / shards), shard_note),
         Line("AdamW state (float32)", math.ceil((8 * trained + 4 * tensors) / shards),
