@@ -1,0 +1,108 @@
+"""Bounded memory (issue 12 item 6): the LRU prompt-embedding cache on CPU, precomputed embedding
+shards, per-step update batches cut to micro_batch_size, prompts_per_iter at 8 ranks."""
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from tools.make_tiny_models import main as make_tiny
+from tools.precompute_embeddings import main as precompute
+from treegrpo.embedding_cache import EmbeddingCache, EmbeddingStore
+from treegrpo.policies import SD3Policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeEncoder:
+    """prompt -> {'e': [2] = (len, first char code)}, counting the prompts it encodes."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, prompts):
+        self.calls.append(list(prompts))
+        return {"e": torch.tensor([[float(len(p)), float(ord(p[0]))] for p in prompts])}
+
+
+def test_cache_evicts_least_recently_used_and_returns_what_the_encoder_returns():
+    encoder = FakeEncoder()
+    cache = EmbeddingCache(max_entries=2)
+    out = cache.encode(["aa", "b", "aa"], encoder)
+    assert torch.equal(out["e"], encoder(["aa", "b", "aa"])["e"])  # rows in prompt order, repeats too
+    assert encoder.calls[0] == ["aa", "b"]  # each unseen prompt encoded once
+    cache.encode(["aa"], encoder)  # 'aa' is now the most recently used
+    cache.encode(["ccc"], encoder)  # evicts 'b'
+    assert list(cache.entries) == ["aa", "ccc"]
+    assert encoder.calls[-1] == ["ccc"]
+    cache.encode(["b", "aa"], encoder)
+    assert encoder.calls[-1] == ["b"] and list(cache.entries) == ["aa", "b"]  # "ccc" evicted
+    assert cache.encoded == 4
+    assert all(v.device.type == "cpu" for entry in cache.entries.values() for v in entry.values())
+
+
+def test_cache_entries_are_copies_not_views_of_the_batch():
+    cache = EmbeddingCache(max_entries=8)
+    cache.encode(["x", "yy"], FakeEncoder())
+    row = cache.entries["x"]["e"]
+    assert row._base is None and row.untyped_storage().nbytes() == 2 * 4  # its own 2 floats
+
+
+def test_cache_size_must_be_positive():
+    with pytest.raises(ValueError, match="embedding_cache_size must be an integer >= 1"):
+        EmbeddingCache(max_entries=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory):
+    return make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3"])["sd3"]
+
+
+def test_sd3_policy_bounded_cache_gives_the_encoder_output(tiny_sd3):
+    policy = SD3Policy(str(tiny_sd3), resolution=32, embedding_cache_size=2)
+    prompts = ["a red cube", "a blue ball", "a green cone", "a red cube"]
+    cached = policy.encode_prompts(prompts)
+    unique = policy._encode(prompts[:3])  # the batch the cache sent to the encoders
+    direct = {key: value[[0, 1, 2, 0]] for key, value in unique.items()}
+    assert cached.keys() == direct.keys()
+    for key in direct:
+        torch.testing.assert_close(cached[key], direct[key], rtol=0, atol=0)
+    cache = policy.__dict__["_embedding_cache"]
+    assert len(cache) == 2 and list(cache.entries) == ["a blue ball", "a green cone"]
+
+
+def test_precomputed_embeddings_replace_the_text_encoders(tiny_sd3, tmp_path):
+    prompts = [f"prompt number {i}" for i in range(5)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    config = tmp_path / "cfg.py"
+    config.write_text(f"policy = dict(type='SD3Policy', model_path={str(tiny_sd3)!r}, resolution=32)\n"
+                      "kernel = dict(type='FlowMatchingKernel', eta=0.7)\n"
+                      f"train_dataset = dict(type='PromptFile', path={str(tmp_path / 'prompts.txt')!r})\n")
+    out = precompute([str(config), "--out", str(tmp_path / "emb"), "--batch-size", "2", "--shard-size", "3"])
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings-00000.safetensors",
+                                                     "embeddings-00001.safetensors", "index.json"]
+    assert len(EmbeddingStore(out)) == 6  # the 5 prompts and the empty negative prompt
+
+    reference = SD3Policy(str(tiny_sd3), resolution=32)
+    expected = reference._encode(prompts[::-1])  # another batch than the tool's: float tolerance
+    policy = SD3Policy(str(tiny_sd3), resolution=32, embedding_dir=str(out), embedding_cache_size=2)
+
+    def no_text_encoders(_prompts):
+        raise AssertionError("the text encoders ran although the prompts were precomputed")
+
+    policy._encode = no_text_encoders
+    got = policy.encode_prompts(prompts[::-1])
+    null = policy.null_condition(3)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
+    assert null["prompt_embeds"].shape[0] == 3
+
+
+def test_precomputed_embeddings_of_another_model_are_refused(tiny_sd3, tmp_path):
+    (tmp_path / "index.json").write_text('{"policy": "SD3Policy", "model_path": "other/model", '
+                                         '"keys": [], "prompts": {}}')
+    with pytest.raises(ValueError, match="written for model_path='other/model'"):
+        EmbeddingStore(tmp_path, "SD3Policy", str(tiny_sd3))
+    with pytest.raises(FileNotFoundError, match="precompute_embeddings.py"):
+        EmbeddingStore(tmp_path / "missing")
