@@ -106,3 +106,34 @@ def test_precomputed_embeddings_of_another_model_are_refused(tiny_sd3, tmp_path)
         EmbeddingStore(tmp_path, "SD3Policy", str(tiny_sd3))
     with pytest.raises(FileNotFoundError, match="precompute_embeddings.py"):
         EmbeddingStore(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ per-step update batches
+def test_per_step_batches_are_cut_to_micro_batch_size_in_node_order():
+    from treegrpo.update import plan_micro_batches
+
+    parents = torch.arange(10)
+    step = torch.tensor([1, 1, 1, 1, 1, 2, 2, 2, 3, 3])
+    plan = plan_micro_batches(parents, step, 1, 2, torch.Generator().manual_seed(0), per_step=True)
+    chunks = [m.tolist() for mb in plan for m in mb]
+    assert all(len(c) <= 2 for c in chunks)
+    by_step = sorted(chunks)  # each step's chunks consecutive parents in node order
+    assert by_step == [[0, 1], [2, 3], [4], [5, 6], [7], [8, 9]]
+    for first, second in zip(chunks, chunks[1:]):  # a step's chunks follow each other, in order
+        if int(step[first[0]]) == int(step[second[0]]):
+            assert first[-1] + 1 == second[0]
+    two = plan_micro_batches(parents, step, 2, 2, torch.Generator().manual_seed(0), per_step=True)
+    steps_per_minibatch = [{int(step[m[0]]) for m in mb} for mb in two]
+    assert len(two) == 2 and sum(len(s) for s in steps_per_minibatch) == 3  # no step split across
+    assert sorted(torch.cat([torch.cat(mb) for mb in two]).tolist()) == list(range(10))
+
+
+def test_unknown_update_keys_are_ignored_with_a_warning():
+    from treegrpo.update import UPDATE_DEFAULTS, update_settings
+
+    with pytest.warns(UserWarning, match=r"update keys \['micro_batchsize'\] are not used"):
+        settings = update_settings(dict(micro_batchsize=4, num_minibatches=2))
+    assert settings == {**UPDATE_DEFAULTS, "num_minibatches": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert update_settings(None) == UPDATE_DEFAULTS

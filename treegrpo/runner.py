@@ -26,7 +26,7 @@ from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, R
 from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
-from .update import edge_log_probs, plan_micro_batches
+from .update import edge_log_probs, plan_micro_batches, update_settings
 from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -99,10 +99,7 @@ class Runner:
                 f"prompts_per_iter={self.prompts_per_iter} must be divisible by the number of "
                 f"processes ({self.world_size})"
             )
-        update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0,
-                      per_step_batches=False)
-        update.update(cfg.get("update", {}))
-        self.update_cfg = update
+        self.update_cfg = update_settings(cfg.get("update"))  # warns about keys it ignores
 
         torch.manual_seed(self.seed)
         self.policy = build(POLICIES, cfg.policy).to(self.device)
