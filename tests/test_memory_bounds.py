@@ -137,3 +137,29 @@ def test_unknown_update_keys_are_ignored_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert update_settings(None) == UPDATE_DEFAULTS
+
+
+# ------------------------------------------------------------------ prompts_per_iter at 8 ranks
+def test_every_shipped_config_runs_on_8_processes():
+    from treegrpo.config_check import check_numbers
+    from treegrpo.inference import load_config
+
+    configs = sorted((ROOT / "configs").glob("*.py")) + sorted((ROOT / "configs" / "ablations").glob("*.py"))
+    assert len(configs) > 10
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.prompts_per_iter % 8 == 0, path.name
+        assert check_numbers(cfg, world_size=8) == [], path.name
+
+
+def test_config_check_names_the_world_size_and_the_fix(monkeypatch):
+    from treegrpo.config_check import ConfigError, check_numbers, validate_config
+
+    cfg = Config(dict(prompts_per_iter=12, max_iters=1))
+    (problem,) = check_numbers(cfg, world_size=8)
+    assert "prompts_per_iter=12 is not divisible by the 8 processes" in problem
+    assert "multiple of 8, e.g. 16" in problem
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun / accelerate launch set
+    with pytest.raises(ConfigError, match="not divisible by the 8 processes"):
+        validate_config(cfg)
+    assert check_numbers(cfg, world_size=4) == []

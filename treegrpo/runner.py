@@ -97,7 +97,7 @@ class Runner:
         if self.prompts_per_iter % self.world_size:
             raise ValueError(
                 f"prompts_per_iter={self.prompts_per_iter} must be divisible by the number of "
-                f"processes ({self.world_size})"
+                f"processes ({self.world_size}): set prompts_per_iter to a multiple of {self.world_size}"
             )
         self.update_cfg = update_settings(cfg.get("update"))  # warns about keys it ignores
 
