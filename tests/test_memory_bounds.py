@@ -163,3 +163,60 @@ def test_config_check_names_the_world_size_and_the_fix(monkeypatch):
     with pytest.raises(ConfigError, match="not divisible by the 8 processes"):
         validate_config(cfg)
     assert check_numbers(cfg, world_size=4) == []
+
+
+# ------------------------------------------------------------------ 2 processes: eval and statistics
+@pytest.fixture(scope="module")
+def memory_runs(tmp_path_factory):
+    """tests/dist_memory_worker.py as 2 torchrun processes and as 1 in-process run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.dist_memory_worker import main as worker_main
+    from tests.test_distributed import free_port
+
+    out = tmp_path_factory.mktemp("memory")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "tests" / "dist_memory_worker.py"),
+           str(out / "two")]
+    (out / "two").mkdir()
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (out / "one").mkdir()
+    worker_main(str(out / "one"))
+    load = lambda path: json.loads(path.read_text())  # noqa: E731
+    return out, [load(out / "two" / f"w2_rank{r}.json") for r in range(2)], load(out / "one" / "w1_rank0.json")
+
+
+def test_sharded_eval_equals_one_process_eval(memory_runs):
+    from PIL import Image
+    import numpy as np
+
+    out, (rank0, rank1), single = memory_runs
+    assert rank0["eval"] == rank1["eval"]  # every rank gets the gathered result
+    assert rank0["eval"].keys() == single["eval"].keys()
+    for key, value in single["eval"].items():
+        assert rank0["eval"][key] == pytest.approx(value, abs=1e-6), key
+    grids = [np.asarray(Image.open(out / run / "run" / "eval" / "iter_000002.png")) for run in ("two", "one")]
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1]).max() <= 1
+
+
+def test_stat_tracker_is_global_and_identical_on_every_rank(memory_runs):
+    _, (rank0, rank1), single = memory_runs
+    assert rank0["tracker"] == rank1["tracker"]  # a checkpoint of rank 0 is right for every rank
+    history, expected = rank0["tracker"]["history"], single["tracker"]["history"]
+    assert history.keys() == expected.keys() and len(history) >= 2
+    for prompt, values in expected.items():
+        assert history[prompt] == pytest.approx(values, abs=1e-6), prompt
+    assert sum(len(v) for v in history.values()) == 2 * 4 * 4  # 2 iterations x 4 prompts x 4 leaves
+
+
+def test_global_std_uses_the_rewards_of_every_process(memory_runs):
+    _, (rank0, rank1), single = memory_runs
+    assert rank0["global_std"] + rank1["global_std"] == pytest.approx(single["global_std"], abs=1e-6)
+    rewards = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.3, 0.8, 0.0])
+    std = rewards.std(unbiased=False)
+    assert rank0["global_std"][0] == pytest.approx(((0.1 - 0.3) / (std + 1e-6)).item(), abs=1e-6)

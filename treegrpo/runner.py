@@ -18,6 +18,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
+from .advantages.distributed import RankGroup
 from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
 from .config_check import validate_config
 from .hooks.logger import MetricWriter
@@ -193,7 +194,7 @@ class Runner:
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
         with self.phase(times, "advantage"):
-            advantages = self.advantage(rollout, rewards)
+            advantages = self.advantage(rollout, rewards, RankGroup(self.accelerator))  # global stats
         with self.phase(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)
 
