@@ -14,4 +14,5 @@ schedule = dict(depth=3, k=2, start_range=(0, 6))
 loss = dict(clip_range=1e-4, beta=0.0)
 optimizer = dict(lr=1e-5)
 update = dict(micro_batch_size=8)
-prompts_per_iter = 4
+# 8 prompts: one per GPU on 8 GPUs (prompts_per_iter must be divisible by the number of processes)
+prompts_per_iter = 8

@@ -148,8 +148,8 @@ def test_plan_micro_batches_default_and_per_step():
     plan = plan_micro_batches(parents, step, 2, 2, torch.Generator().manual_seed(0))
     assert [[len(m) for m in mb] for mb in plan] == [[2, 2, 1], [2, 2]]  # 9 -> 5 + 4, micro of 2
     assert sorted(torch.cat([torch.cat(mb) for mb in plan]).tolist()) == parents.tolist()
-    per_step = plan_micro_batches(parents, step, 1, 2, torch.Generator().manual_seed(0), per_step=True)
+    per_step = plan_micro_batches(parents, step, 1, 6, torch.Generator().manual_seed(0), per_step=True)
     groups = sorted((m.tolist() for mb in per_step for m in mb), key=len)
-    assert groups == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]  # whole steps, node order, size ignored
-    two_steps = plan_micro_batches(parents, step, 2, 2, torch.Generator().manual_seed(0), per_step=True)
+    assert groups == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]  # whole steps in node order when they fit
+    two_steps = plan_micro_batches(parents, step, 2, 6, torch.Generator().manual_seed(0), per_step=True)
     assert len(two_steps) == 2 and all(len(mb) == 1 for mb in two_steps)

@@ -6,13 +6,14 @@ impossible batch sizes, a tree with one leaf, WeightedSum weights that do not ma
 implausible model paths) and raises one :class:`ConfigError` listing them all, each naming the key
 and the fix. The runner calls it first; it can also be used on its own:
 
-    python -m treegrpo.config_check configs/treegrpo_sd3_hps.py [--cfg-options key=value ...]
+    python -m treegrpo.config_check configs/treegrpo_sd3_hps.py [--world-size 8] [--cfg-options key=value ...]
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,12 @@ class ConfigError(ValueError):
     """A config with one or more problems; the message lists each with its key and fix."""
 
 
-def validate_config(cfg) -> None:
+def validate_config(cfg, world_size: int | None = None) -> None:
     """Raise :class:`ConfigError` listing every problem found in ``cfg`` (an mmengine Config or a
-    dict); return None when there is none. Reads prompt files' existence only, loads no model."""
-    problems = (check_top_level_keys(cfg) + check_components(cfg) + check_numbers(cfg)
+    dict); return None when there is none. Reads prompt files' existence only, loads no model.
+    ``world_size``: processes of the run (default: the ``WORLD_SIZE`` that torchrun and
+    ``accelerate launch`` set, else 1)."""
+    problems = (check_top_level_keys(cfg) + check_components(cfg) + check_numbers(cfg, world_size)
                 + check_window(cfg) + check_prompt_files(cfg) + check_weighted_sums(cfg.get("reward"), "reward")
                 + check_paths(cfg))
     if problems:
@@ -219,12 +222,19 @@ def _positive_int(cfg_value: Any) -> bool:
     return isinstance(cfg_value, int) and not isinstance(cfg_value, bool) and cfg_value > 0
 
 
-def check_numbers(cfg) -> list[str]:
-    """prompts_per_iter, max_iters and update.micro_batch_size / num_minibatches are ints > 0."""
+def check_numbers(cfg, world_size: int | None = None) -> list[str]:
+    """prompts_per_iter, max_iters and update.micro_batch_size / num_minibatches are ints > 0;
+    prompts_per_iter is divisible by the number of processes."""
     problems = []
     for key in ("prompts_per_iter", "max_iters"):
         if key in cfg and not _positive_int(cfg[key]):
             problems.append(f"{key} must be an integer > 0, got {cfg[key]!r}: set {key}=<n>")
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    per_iter = cfg.get("prompts_per_iter")
+    if _positive_int(per_iter) and per_iter % world_size:
+        problems.append(f"prompts_per_iter={per_iter} is not divisible by the {world_size} processes "
+                        f"(each samples the same number of prompts): set prompts_per_iter to a "
+                        f"multiple of {world_size}, e.g. {-(-per_iter // world_size) * world_size}")
     update = cfg.get("update") or {}
     for key in ("micro_batch_size", "num_minibatches", "num_inner_epochs"):
         if key in update and not _positive_int(update[key]):
@@ -348,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a treegrpo config without loading models")
     parser.add_argument("config")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    parser.add_argument("--world-size", type=int, help="processes of the run (default: $WORLD_SIZE or 1)")
     args = parser.parse_args(argv)
     try:
-        validate_config(load_config(args.config, args.cfg_options))
+        validate_config(load_config(args.config, args.cfg_options), args.world_size)
     except (ConfigError, FileNotFoundError) as error:
         print(error)
         return 1

@@ -18,6 +18,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
+from .advantages.distributed import RankGroup
 from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
 from .config_check import validate_config
 from .hooks.logger import MetricWriter
@@ -26,7 +27,7 @@ from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, R
 from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
-from .update import edge_log_probs, plan_micro_batches
+from .update import edge_log_probs, plan_micro_batches, update_settings
 from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -97,12 +98,9 @@ class Runner:
         if self.prompts_per_iter % self.world_size:
             raise ValueError(
                 f"prompts_per_iter={self.prompts_per_iter} must be divisible by the number of "
-                f"processes ({self.world_size})"
+                f"processes ({self.world_size}): set prompts_per_iter to a multiple of {self.world_size}"
             )
-        update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0,
-                      per_step_batches=False)
-        update.update(cfg.get("update", {}))
-        self.update_cfg = update
+        self.update_cfg = update_settings(cfg.get("update"))  # warns about keys it ignores
 
         torch.manual_seed(self.seed)
         self.policy = build(POLICIES, cfg.policy).to(self.device)
@@ -196,7 +194,7 @@ class Runner:
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
         with self.phase(times, "advantage"):
-            advantages = self.advantage(rollout, rewards)
+            advantages = self.advantage(rollout, rewards, RankGroup(self.accelerator))  # global stats
         with self.phase(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)
 

@@ -6,6 +6,7 @@ kernel, the same levels and guidance, float32 step math.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,21 @@ def edge_log_probs(
     return EdgeBatch(child=child, log_prob=log_prob, kl=kl, forwards=policy.nfe - nfe_before)
 
 
+UPDATE_DEFAULTS = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0,
+                       per_step_batches=False)
+
+
+def update_settings(cfg: dict | None) -> dict:
+    """The config's ``update`` dict over :data:`UPDATE_DEFAULTS`; a key the update loop does not
+    read (e.g. a misspelt ``micro_batchsize``) is ignored with a warning naming the known keys."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(UPDATE_DEFAULTS))
+    if unknown:
+        warnings.warn(f"update keys {unknown} are not used by the policy update and are ignored; "
+                      f"known keys: {sorted(UPDATE_DEFAULTS)}", stacklevel=2)
+    return {**UPDATE_DEFAULTS, **{key: value for key, value in cfg.items() if key in UPDATE_DEFAULTS}}
+
+
 def plan_micro_batches(
     parents: torch.Tensor,
     parent_step: torch.Tensor,
@@ -73,18 +89,19 @@ def plan_micro_batches(
     per_step: bool = False,
 ) -> list[list[torch.Tensor]]:
     """Split the parent nodes [M] of a rollout into minibatches (one optimizer step each) of
-    micro-batches (one forward each).
+    micro-batches (one forward each, at most ``micro_batch_size`` parents).
 
     Default: parents shuffled, cut into ``num_minibatches`` parts, each cut into micro-batches of
-    ``micro_batch_size``. ``per_step=True``: every micro-batch is all parents of one step in node
-    order, i.e. exactly the batch the sampler sent through the model (bitwise-equal first ratio on
-    batch-dependent GPU kernels); the order of the steps is shuffled, ``micro_batch_size`` ignored.
+    ``micro_batch_size``. ``per_step=True``: the parents of one step, in node order, cut into
+    consecutive chunks of ``micro_batch_size``; when a step's parents fit in one chunk it is exactly
+    the batch the sampler sent through the model (bitwise-equal first ratio on batch-dependent GPU
+    kernels). The order of the steps is shuffled and a step's chunks stay in one minibatch.
     """
     if per_step:
-        groups = [parents[parent_step == s] for s in torch.unique(parent_step).tolist()]
-        order = torch.randperm(len(groups), generator=generator).tolist()
-        groups = [groups[i] for i in order]
-        size = -(-len(groups) // num_minibatches)  # ceil
-        return [groups[i : i + size] for i in range(0, len(groups), size)]
+        steps = [parents[parent_step == s] for s in torch.unique(parent_step).tolist()]
+        order = torch.randperm(len(steps), generator=generator).tolist()
+        steps = [list(steps[i].split(micro_batch_size)) for i in order]
+        size = -(-len(steps) // num_minibatches)  # ceil
+        return [[chunk for step in steps[i : i + size] for chunk in step] for i in range(0, len(steps), size)]
     shuffled = parents[torch.randperm(parents.numel(), generator=generator).to(parents.device)]
     return [list(part.split(micro_batch_size)) for part in shuffled.chunk(num_minibatches)]

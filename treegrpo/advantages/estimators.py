@@ -19,6 +19,7 @@ from treegrpo.advantages.functional import (
     group_normalize,
     leaf_of_nodes,
 )
+from treegrpo.advantages.distributed import SINGLE_PROCESS, RankGroup, gathered_rewards, track_globally
 from treegrpo.advantages.stat_tracking import PromptStatTracker
 from treegrpo.registry import ADVANTAGES
 
@@ -52,7 +53,9 @@ def _check_common(eps: float, global_std: bool) -> None:
 class _LeafNormalizer:
     """Leaf-reward normalisation shared by the estimators: within each prompt's group, or (with
     ``stat_tracking=dict(buffer_size, min_count)``) with the prompt's reward history across
-    iterations (:class:`PromptStatTracker`; its state goes into checkpoints)."""
+    iterations (:class:`PromptStatTracker`; its state goes into checkpoints). Both statistics are
+    global: computed from the rewards of all processes (``group``), so the tracker state is the
+    same on every rank."""
 
     def __init__(self, eps: float, global_std: bool, stat_tracking: dict | None) -> None:
         _check_common(eps, global_std)
@@ -61,11 +64,15 @@ class _LeafNormalizer:
         self.eps, self.global_std = eps, global_std
         self.tracker = None if stat_tracking is None else PromptStatTracker(eps=eps, **stat_tracking)
 
-    def normalize_leaves(self, rollout: Any, rewards: Tensor) -> tuple[Tensor, int]:
-        """rewards [L] -> (leaf advantages [L], groups whose current rewards are all equal)."""
-        leaf_adv, zero_std = group_normalize(rewards, rollout.leaf_prompt_index, self.eps, self.global_std)
+    def normalize_leaves(self, rollout: Any, rewards: Tensor, group: RankGroup) -> tuple[Tensor, int]:
+        """rewards [L] -> (leaf advantages [L], groups whose current rewards are all equal).
+        ``global_std`` and the tracker use the rewards of every process in ``group``."""
+        all_rewards = gathered_rewards(rewards, group) if self.global_std else None
+        leaf_adv, zero_std = group_normalize(rewards, rollout.leaf_prompt_index, self.eps, self.global_std,
+                                             all_rewards)
         if self.tracker is not None:
-            leaf_adv = self.tracker.normalize(rollout.leaf_prompts, rewards)
+            leaf_adv = track_globally(self.tracker, rollout.leaf_prompts, rollout.leaf_prompt_index,
+                                      rewards, group)
         return leaf_adv, zero_std
 
     def state_dict(self) -> dict:
@@ -86,11 +93,12 @@ class GroupNorm(_LeafNormalizer):
     def __init__(self, eps: float = 1e-6, global_std: bool = False, stat_tracking: dict | None = None) -> None:
         super().__init__(eps, global_std, stat_tracking)
 
-    def __call__(self, rollout: Any, rewards: Tensor) -> Advantages:
-        """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups)."""
+    def __call__(self, rollout: Any, rewards: Tensor, group: RankGroup = SINGLE_PROCESS) -> Advantages:
+        """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups); ``group``: the
+        processes whose rewards the global statistics use (the runner's)."""
         _check_rewards(rollout, rewards)
         leaf_of = leaf_of_nodes(rollout.parent, rollout.leaf_nodes)
-        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards)
+        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards, group)
         return Advantages(node=leaf_adv[leaf_of], leaf=leaf_adv, zero_std_groups=zero_std)
 
 
@@ -109,10 +117,11 @@ class TreeBackup(_LeafNormalizer):
         super().__init__(eps, global_std, stat_tracking)
         self.weighting = weighting
 
-    def __call__(self, rollout: Any, rewards: Tensor) -> Advantages:
-        """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups)."""
+    def __call__(self, rollout: Any, rewards: Tensor, group: RankGroup = SINGLE_PROCESS) -> Advantages:
+        """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups); ``group``: the
+        processes whose rewards the global statistics use (the runner's)."""
         _check_rewards(rollout, rewards)
-        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards)
+        leaf_adv, zero_std = self.normalize_leaves(rollout, rewards, group)
         node_adv = backup_tree_advantages(
             rollout.parent, rollout.leaf_nodes, leaf_adv, rollout.log_prob, self.weighting
         )

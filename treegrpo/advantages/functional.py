@@ -15,6 +15,7 @@ def group_normalize(
     groups: torch.Tensor,
     eps: float = 1e-6,
     global_std: bool = False,
+    all_rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Normalise rewards inside their groups: ``(r - mean_group) / (std + eps)``.
 
@@ -24,6 +25,8 @@ def group_normalize(
         eps: added to the std.
         global_std: divide by the population std of all rewards instead of the group's
             (the mean stays per group).
+        all_rewards: with ``global_std``, the rewards the std is taken over (e.g. those of every
+            process, [world_size * L]); default ``rewards``.
 
     Returns:
         ``(adv [L], zero_std_groups)``: advantages (same dtype as ``rewards``) and the number of
@@ -49,7 +52,8 @@ def group_normalize(
     gmin = torch.full_like(count, torch.inf).scatter_reduce(0, inverse, rewards, reduce="amin")
     zero_std = gmax == gmin
     if global_std:
-        std = (rewards - rewards.mean()).pow(2).mean().sqrt()
+        pool = rewards if all_rewards is None else all_rewards.to(rewards)
+        std = (pool - pool.mean()).pow(2).mean().sqrt()
         adv = centered / (std + eps)
     else:
         var = torch.zeros_like(count).index_add_(0, inverse, centered.pow(2)) / count

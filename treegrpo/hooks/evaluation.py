@@ -5,6 +5,7 @@ import contextlib
 
 import torch
 
+from ..advantages.distributed import RankGroup
 from ..registry import DATASETS, HOOKS, REWARDS, build
 from ..rewards.base import check_rewards
 from ..samplers.common import decode, ode_integrate
@@ -12,10 +13,23 @@ from ..utils import image_grid, make_generator
 from .base import Hook
 
 
-def per_prompt_noise(latent_shape: tuple[int, ...], seed: int, count: int) -> torch.Tensor:
+def per_prompt_noise(latent_shape: tuple[int, ...], seed: int, count: int,
+                     indices: list[int] | None = None) -> torch.Tensor:
     """[count, *latent_shape] CPU noise; row i drawn with ``make_generator('cpu', seed, i)``, so a
-    prompt's noise depends only on (seed, its index), not on the batch or the other prompts."""
-    return torch.stack([torch.randn(latent_shape, generator=make_generator("cpu", seed, i)) for i in range(count)])
+    prompt's noise depends only on (seed, its index), not on the batch or the other prompts.
+    ``indices``: draw only those prompts' rows ([len(indices), *latent_shape])."""
+    rows = range(count) if indices is None else indices
+    return torch.stack([torch.randn(latent_shape, generator=make_generator("cpu", seed, i)) for i in rows])
+
+
+def gather_rows(group: RankGroup, local: torch.Tensor, count: int) -> torch.Tensor:
+    """Rows of a strided split (rank r holds global rows r, r + W, ...; at most ceil(count / W))
+    -> all ``count`` rows [count, ...] in global order, on every rank."""
+    share = -(-count // group.world_size)
+    padded = local.new_zeros((share, *local.shape[1:]))
+    padded[: min(local.shape[0], share)] = local[:share]
+    gathered = group.gather(padded).reshape(group.world_size, share, *local.shape[1:])
+    return gathered.transpose(0, 1).reshape(group.world_size * share, *local.shape[1:])[:count]
 
 
 @torch.no_grad()
@@ -48,6 +62,10 @@ class EvalHook(Hook):
     ``num_prompts`` prompts of ``dataset`` with the ODE sampler from fixed noise and log the mean
     and std of the training reward and of any ``extra_rewards`` under ``eval/``. Writes
     ``eval/iter_<n>.png`` (grid of the first ``grid_size`` samples).
+
+    With several processes the prompts are dealt out in turn (rank r samples prompts r, r + W, ...),
+    each from its own fixed noise (:func:`per_prompt_noise`), and the scores and grid images are
+    gathered; the main process writes the grid. The result does not depend on the world size.
     """
 
     priority = 40
@@ -90,21 +108,30 @@ class EvalHook(Hook):
         nfe_before = policy.nfe
         ema = getattr(runner, "ema", None)
         use_ema = ema is not None and ema.eval_with_ema
+        group = RankGroup(runner.accelerator)
+        count = len(self.prompts)
+        mine = list(range(group.rank, count, group.world_size))
+        rows = mine or [0]  # a rank without prompts samples prompt 0 (gathered, then dropped)
+        prompts = [self.prompts[i] for i in rows]
         with ema.applied(runner) if use_ema else contextlib.nullcontext():
             images = generate(
-                policy, runner.kernel, self.prompts,
+                policy, runner.kernel, prompts,
                 self.num_steps or sampler.num_steps,
                 self.guidance_scale if self.guidance_scale is not None else sampler.guidance_scale,
-                self.seed,
+                self.seed, noise=per_prompt_noise(policy.latent_shape, self.seed, count, rows),
             )
         policy.nfe = nfe_before  # evaluation forwards are not training cost
         results = {"eval/ema": float(use_ema)}
         for name, reward in self.rewards.items():
-            scores = check_rewards(reward(images, self.prompts), len(self.prompts), name)
+            local = check_rewards(reward(images, prompts), len(prompts), name).float().to(runner.device)
+            scores = gather_rows(group, local[: len(mine)], count)
             results[f"eval/{name}_mean"] = scores.mean().item()
             results[f"eval/{name}_std"] = scores.std(unbiased=False).item()
+        grid_count = min(self.grid_size, count)
+        pixels = (images[: len(mine)].clamp(0, 1) * 255).round().to(torch.uint8)  # 4x less to gather
+        grid = gather_rows(group, pixels.to(runner.device), grid_count).float() / 255
         if runner.is_main:
             path = runner.work_dir / "eval" / f"iter_{runner.iteration:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            image_grid(images[: self.grid_size], nrow=8).save(path)
+            image_grid(grid, nrow=8).save(path)
         return results

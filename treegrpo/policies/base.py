@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_state_dict
+from ..embedding_cache import DEFAULT_CACHE_SIZE, EmbeddingCache, EmbeddingStore
 from ..registry import KERNELS, resolve_type
 
 
@@ -119,16 +120,20 @@ class Policy(nn.Module, abc.ABC):
                 params[name].copy_(value)
 
     def cached_encode(self, prompts: list[str], encode) -> dict[str, torch.Tensor]:
-        """``encode(prompts)`` with a per-prompt cache (text encoders are frozen, and each prompt's
-        embedding does not depend on the batch): only unseen prompts are encoded."""
-        cache = self.__dict__.setdefault("_prompt_cache", {})
-        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
-        if missing:
-            fresh = encode(missing)
-            for i, prompt in enumerate(missing):
-                cache[prompt] = {key: value[i] for key, value in fresh.items()}
-        keys = cache[prompts[0]].keys() if prompts else ()
-        return {key: torch.stack([cache[p][key] for p in prompts]) for key in keys}
+        """``encode(prompts)`` through a bounded per-prompt cache (text encoders are frozen, and each
+        prompt's embedding does not depend on the batch): only prompts neither cached nor in the
+        precomputed shards of ``self.embedding_dir`` are encoded. The cache keeps at most
+        ``self.embedding_cache_size`` prompts (least recently used dropped first) on the CPU; the
+        result {key: [P, ...]} is on the policy's device. See :mod:`treegrpo.embedding_cache`."""
+        cache = self.__dict__.get("_embedding_cache")
+        if cache is None:
+            directory = getattr(self, "embedding_dir", None)
+            store = None if directory is None else EmbeddingStore(
+                directory, type(self).__name__, getattr(self, "model_path", None))
+            cache = EmbeddingCache(getattr(self, "embedding_cache_size", DEFAULT_CACHE_SIZE), store)
+            self.__dict__["_embedding_cache"] = cache
+        device = getattr(self, "device", None) or next(self.denoiser.parameters()).device
+        return cache.encode(prompts, encode, device)
 
     def save_export(self, directory: Path) -> None:
         """Write weights in the model family's own format into ``directory`` (e.g. a diffusers

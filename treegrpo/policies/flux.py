@@ -16,6 +16,7 @@ import copy
 import numpy as np
 import torch
 
+from ..embedding_cache import DEFAULT_CACHE_SIZE
 from ..registry import POLICIES
 from .diffusers_common import DiffusersPolicy, decode_latents, freeze, load_pipeline, make_trainable
 
@@ -83,6 +84,8 @@ class FluxPolicy(DiffusersPolicy):
         gradient_checkpointing: trade compute for memory in the transformer.
         max_sequence_length: T5 tokens (at most 512; FLUX.1-schnell was trained with 256).
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
+        embedding_cache_size: prompts kept by that cache (least recently used dropped; on CPU).
+        embedding_dir: folder of tools/precompute_embeddings.py shards read before encoding.
         device: where the pipeline lives.
     """
 
@@ -92,6 +95,7 @@ class FluxPolicy(DiffusersPolicy):
                  lora: dict | None = None, guidance: float | None = 3.5, negative_prompt: str = "",
                  keep_reference: bool = False, gradient_checkpointing: bool = False,
                  max_sequence_length: int = 512, cache_prompt_embeds: bool = True,
+                 embedding_cache_size: int = DEFAULT_CACHE_SIZE, embedding_dir: str | None = None,
                  compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
         from diffusers import FluxPipeline
@@ -129,6 +133,8 @@ class FluxPolicy(DiffusersPolicy):
         self.negative_prompt = negative_prompt
         self.max_sequence_length = max_sequence_length
         self.cache_prompt_embeds = cache_prompt_embeds
+        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
+        self.model_path = model_path  # checked against precomputed embeddings' index
         self.to(device)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import copy
 
 import torch
 
+from ..embedding_cache import DEFAULT_CACHE_SIZE
 from ..registry import POLICIES
 from .diffusers_common import DiffusersPolicy, freeze, load_pipeline, make_trainable
 
@@ -29,6 +30,8 @@ class StableDiffusionPolicy(DiffusersPolicy):
         compile_denoiser: torch.compile the denoiser (True, or a dict of compile options).
         gradient_checkpointing: trade compute for memory in the UNet.
         cache_prompt_embeds: keep each prompt's embeddings after its first encoding.
+        embedding_cache_size: prompts kept by that cache (least recently used dropped; on CPU).
+        embedding_dir: folder of tools/precompute_embeddings.py shards read before encoding.
     """
 
     component = "unet"
@@ -37,6 +40,7 @@ class StableDiffusionPolicy(DiffusersPolicy):
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, negative_prompt: str = "", keep_reference: bool = False,
                  gradient_checkpointing: bool = False, cache_prompt_embeds: bool = True,
+                 embedding_cache_size: int = DEFAULT_CACHE_SIZE, embedding_dir: str | None = None,
                  compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
         from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -53,6 +57,8 @@ class StableDiffusionPolicy(DiffusersPolicy):
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
         self.negative_prompt = negative_prompt
         self.cache_prompt_embeds = cache_prompt_embeds
+        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
+        self.model_path = model_path  # checked against precomputed embeddings' index
         self.to(device)
 
     def check_kernel(self, kernel) -> None:
