@@ -73,7 +73,7 @@ def measured(runner: Runner) -> dict[str, int]:
     trained = policy.trainable_parameters()
     denoiser = policy.denoiser
     frozen = [p for p in denoiser.parameters() if not p.requires_grad] + list(denoiser.buffers())
-    cache = policy.__dict__["_prompt_cache"]
+    cache = policy.__dict__["_embedding_cache"].entries  # CPU copies; the device holds one iteration's
     result = {
         "denoiser, frozen": nbytes(frozen),
         "trained tensors (float32)": nbytes(trained),
