@@ -13,13 +13,10 @@ from ..utils import image_grid, make_generator
 from .base import Hook
 
 
-def per_prompt_noise(latent_shape: tuple[int, ...], seed: int, count: int,
-                     indices: list[int] | None = None) -> torch.Tensor:
+def per_prompt_noise(latent_shape: tuple[int, ...], seed: int, count: int) -> torch.Tensor:
     """[count, *latent_shape] CPU noise; row i drawn with ``make_generator('cpu', seed, i)``, so a
-    prompt's noise depends only on (seed, its index), not on the batch or the other prompts.
-    ``indices``: draw only those prompts' rows ([len(indices), *latent_shape])."""
-    rows = range(count) if indices is None else indices
-    return torch.stack([torch.randn(latent_shape, generator=make_generator("cpu", seed, i)) for i in rows])
+    prompt's noise depends only on (seed, its index), not on the batch or the other prompts."""
+    return torch.stack([torch.randn(latent_shape, generator=make_generator("cpu", seed, i)) for i in range(count)])
 
 
 def gather_rows(group: RankGroup, local: torch.Tensor, count: int) -> torch.Tensor:
@@ -64,8 +61,9 @@ class EvalHook(Hook):
     ``eval/iter_<n>.png`` (grid of the first ``grid_size`` samples).
 
     With several processes the prompts are dealt out in turn (rank r samples prompts r, r + W, ...),
-    each from its own fixed noise (:func:`per_prompt_noise`), and the scores and grid images are
-    gathered; the main process writes the grid. The result does not depend on the world size.
+    each from its row of the evaluation noise (all prompts' noise drawn at once from ``seed``, as
+    with one process), and the scores and grid images are gathered; the main process writes the
+    grid. The result does not depend on the world size.
     """
 
     priority = 40
@@ -113,12 +111,13 @@ class EvalHook(Hook):
         mine = list(range(group.rank, count, group.world_size))
         rows = mine or [0]  # a rank without prompts samples prompt 0 (gathered, then dropped)
         prompts = [self.prompts[i] for i in rows]
+        eval_noise = torch.randn((count, *policy.latent_shape), generator=make_generator("cpu", self.seed))
         with ema.applied(runner) if use_ema else contextlib.nullcontext():
             images = generate(
                 policy, runner.kernel, prompts,
                 self.num_steps or sampler.num_steps,
                 self.guidance_scale if self.guidance_scale is not None else sampler.guidance_scale,
-                self.seed, noise=per_prompt_noise(policy.latent_shape, self.seed, count, rows),
+                self.seed, noise=eval_noise[rows],
             )
         policy.nfe = nfe_before  # evaluation forwards are not training cost
         results = {"eval/ema": float(use_ema)}
