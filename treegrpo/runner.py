@@ -13,19 +13,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
 from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
 from .config_check import validate_config
+from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
+                          make_accelerator)
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
+from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
 from .update import edge_log_probs, plan_micro_batches
 from .utils import PURPOSES, make_generator, timer
 
@@ -81,11 +83,9 @@ class Runner:
         require_keys(cfg)
         validate_config(cfg)  # every problem of the config at once, before any model is loaded
         self.cfg = cfg
-        self.accelerator = Accelerator(
-            cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
-            mixed_precision=cfg.get("mixed_precision", "no"),
-            kwargs_handlers=[collective_timeout(cfg)],
-        )
+        self.fsdp = fsdp_settings(cfg.get("fsdp"), cfg.policy)  # None: DDP
+        self.accelerator = make_accelerator(cfg, self.fsdp, [collective_timeout(cfg)])
+        check_fsdp_active(self.accelerator, self.fsdp)
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.seed = int(cfg.get("seed", 0))
@@ -117,6 +117,9 @@ class Runner:
         self.loss = build(LOSSES, cfg.loss)
         self.train_dataset = build(DATASETS, cfg.train_dataset)
         self.hooks = sorted((build(HOOKS, h) for h in cfg.get("hooks", [])), key=lambda h: h.priority)
+        if self.fsdp is not None:
+            check_wrap_classes(self.policy.denoiser, self.fsdp["wrap_classes"])
+            check_fsdp_hooks(self.hooks)
 
         self.optimizer = build_optimizer(cfg.optimizer, self.policy.trainable_parameters())
         warmup = int(cfg.get("lr_warmup_iters", 0))
@@ -126,6 +129,8 @@ class Runner:
         # The lr scheduler is stepped by us once per iteration (not prepared: accelerate would
         # step it once per process). The policy keeps its bare denoiser; the runner owns the
         # wrapper that accelerate returns (DDP / FSDP) and runs the training forwards through it.
+        # FSDP2 shards policy.denoiser in place: train_model is that module, and sampling forwards
+        # through the policy gather the shards as training forwards do (treegrpo/distributed.py).
         self.train_model, self.optimizer = self.accelerator.prepare(self.policy.denoiser, self.optimizer)
 
         self.iteration = 0
@@ -348,10 +353,13 @@ class Runner:
             self.writer.write(self.iteration, metrics)
 
     def save_checkpoint(self) -> Path | None:
-        """Save the trainable weights, optimizer, lr scheduler, RNG and counters (main process)."""
+        """Save the trainable weights, optimizer, lr scheduler, RNG and counters (main process;
+        every process writes its shard under fsdp, see treegrpo/sharded_checkpoint.py)."""
         self.accelerator.wait_for_everyone()
         path = self.checkpoint_dir / f"iter_{self.iteration}"
-        if self.is_main:
+        if self.fsdp is not None:
+            save_runner_checkpoint(self, path)
+        elif self.is_main:
             training_state = {
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -375,6 +383,17 @@ class Runner:
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
         path = Path(path)
+        if self.fsdp is not None or is_sharded_checkpoint(path):
+            meta = resume_runner_checkpoint(self, path)
+        else:
+            meta = self.load_full_checkpoint(path)
+        self.iteration = self.resumed_iteration = int(meta["iteration"])
+        self.counters.update(meta.get("counters", {}))
+        self.call_hooks("load_from_checkpoint", path)
+        self.last_checkpoint_iter = self.iteration
+
+    def load_full_checkpoint(self, path: Path) -> dict:
+        """Restore an unsharded checkpoint (the same one on every process); returns its meta."""
         model_state, training_state, meta = load_checkpoint(path)
         self.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
         load_optimizer_state(self.optimizer, training_state["optimizer"], path / "training_state.pt")
@@ -389,7 +408,4 @@ class Runner:
                 f"world_size={self.world_size}: the run will not continue bit-identically",
                 stacklevel=2,
             )
-        self.iteration = self.resumed_iteration = int(meta["iteration"])
-        self.counters.update(meta.get("counters", {}))
-        self.call_hooks("load_from_checkpoint", path)
-        self.last_checkpoint_iter = self.iteration
+        return meta

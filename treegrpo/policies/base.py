@@ -130,9 +130,10 @@ class Policy(nn.Module, abc.ABC):
         keys = cache[prompts[0]].keys() if prompts else ()
         return {key: torch.stack([cache[p][key] for p in prompts]) for key in keys}
 
-    def save_export(self, directory: Path) -> None:
+    def save_export(self, directory: Path, state: dict | None = None) -> None:
         """Write weights in the model family's own format into ``directory`` (e.g. a diffusers
-        LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none."""
+        LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none.
+        ``state``: the trained tensors gathered to full size when the denoiser is FSDP-sharded."""
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
