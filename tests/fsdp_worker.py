@@ -71,6 +71,12 @@ def main(out: Path, models: dict) -> None:
             runner = Runner(config(models, trained, fsdp, max_iters=2), out / name)
             runner.train()
             finish(runner, out, name)
+    # the same FSDP LoRA run with diffusers' gradient checkpointing in every block
+    cfg = config(models, "lora", True, max_iters=2)
+    cfg.policy.gradient_checkpointing = True
+    runner = Runner(cfg, out / "lora_fsdp_checkpointing")
+    runner.train()
+    finish(runner, out, "lora_fsdp_checkpointing")
     # resume the FSDP LoRA run from its sharded iteration-1 checkpoint and train iteration 2 again
     runner = Runner(config(models, "lora", True, max_iters=2), out / "lora_resumed",
                     resume_from=out / "lora_fsdp" / "checkpoints" / "iter_1")

@@ -12,16 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from tests.dist_real_worker import case_config
 from tests.test_distributed import free_port
 from tools.make_tiny_models import main as make_tiny
 from treegrpo.checkpoint import CheckpointError
-from treegrpo.distributed import (WRAP_CLASSES, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
-                                  make_fsdp_plugin)
+from treegrpo.distributed import (WRAP_CLASSES, check_fsdp_active, check_fsdp_hooks, check_wrap_classes,
+                                  fsdp_settings, make_fsdp_plugin)
 from treegrpo.hooks.ema import EMAHook
 from treegrpo.registry import POLICIES, build
 from treegrpo.runner import Runner
@@ -70,6 +73,15 @@ def test_fsdp_shards_the_denoiser_and_updates_like_ddp(runs, trained):
     assert moved > 1e-5  # iteration 2 changed the weights, so the comparison below means something
     for key in sharded:  # two iterations of SGD with momentum under FSDP equal DDP's
         torch.testing.assert_close(sharded[key], replicated[key], rtol=1e-5, atol=1e-5 * moved, msg=key)
+
+
+def test_gradient_checkpointing_under_fsdp_gives_the_same_update(runs):
+    plain = load_file(str(runs / "lora_fsdp.safetensors"))
+    checkpointed = load_file(str(runs / "lora_fsdp_checkpointing.safetensors"))
+    assert set(plain) == set(checkpointed)
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-6, atol=1e-8, msg=key)
+    assert all(rank["sharded"] for rank in facts(runs, "lora_fsdp_checkpointing"))
 
 
 @pytest.mark.parametrize("trained", ["lora", "full"])
@@ -127,6 +139,17 @@ def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_models, tmp_path):
     cfg.fsdp = dict()
     with pytest.raises(ValueError, match=r"fsdp is set but accelerate runs .*fsdp=None"):
         Runner(cfg, tmp_path / "run")
+
+
+def test_an_fsdp_launch_without_the_fsdp_key_is_refused():
+    launched = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=8)
+    with pytest.raises(ValueError, match="launched for FSDP .* has fsdp=None: set fsdp=dict"):
+        check_fsdp_active(launched, None)
+    check_fsdp_active(launched, fsdp_settings(dict(), dict(type="SD3Policy")))  # the supported setup
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, num_processes=8)
+    check_fsdp_active(ddp, None)
+    with pytest.raises(ValueError, match="runs DistributedType.MULTI_GPU with 8 process"):
+        check_fsdp_active(ddp, fsdp_settings(dict(), dict(type="SD3Policy")))
 
 
 def test_fsdp_settings_defaults_per_family_and_plugin():

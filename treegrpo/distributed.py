@@ -92,9 +92,17 @@ def make_accelerator(cfg, settings: dict[str, Any] | None, kwargs_handlers: list
 
 
 def check_fsdp_active(accelerator, settings: dict[str, Any] | None) -> None:
-    """Raise unless accelerate really runs FSDP when the config asks for it (it silently falls back
-    to DDP on CPU and to no wrapper at all with one process)."""
-    if settings is None or accelerator.distributed_type == DistributedType.FSDP:
+    """Raise unless accelerate runs FSDP exactly when the config asks for it (accelerate silently
+    falls back to DDP on CPU and to no wrapper with one process; an accelerate launch config with
+    ``distributed_type: FSDP`` would shard a run whose config has ``fsdp=None``)."""
+    fsdp_running = accelerator.distributed_type == DistributedType.FSDP
+    if settings is None and fsdp_running:
+        raise ValueError(
+            "accelerate was launched for FSDP (an accelerate config with distributed_type: FSDP, or "
+            "ACCELERATE_USE_FSDP=true) but the treegrpo config has fsdp=None: set fsdp=dict() in the "
+            "config (or --cfg-options fsdp.reshard_after_forward=True); the runner builds the FSDP "
+            "plugin from it and checkpoints the shards")
+    if settings is None or fsdp_running:
         return
     raise ValueError(
         f"fsdp is set but accelerate runs {accelerator.distributed_type} with "
