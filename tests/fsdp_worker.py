@@ -24,7 +24,7 @@ import treegrpo.runner as runner_module  # noqa: E402
 from tests.dist_real_worker import case_config  # noqa: E402
 from treegrpo.distributed import make_accelerator, make_fsdp_plugin  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
-from treegrpo.sharded_checkpoint import gather_trainable  # noqa: E402
+from treegrpo.sharded_checkpoint import gather_trainable, save_sharded_checkpoint  # noqa: E402
 
 
 def emulate_fsdp_on_cpu(cfg, settings, kwargs_handlers):
@@ -82,6 +82,22 @@ def main(out: Path, models: dict) -> None:
                     resume_from=out / "lora_fsdp" / "checkpoints" / "iter_1")
     runner.train()
     finish(runner, out, "lora_resumed")
+    save_failing_on_rank0(runner, out)
+
+
+def save_failing_on_rank0(runner: Runner, out: Path) -> None:
+    """A sharded save whose export fails on the main rank: every rank raises, nothing is left."""
+    def export(folder: Path, full: dict) -> None:
+        raise OSError("disk full (simulated)")
+
+    target = out / "failed_save" / "iter_9"
+    try:
+        save_sharded_checkpoint(target, runner.train_model, runner.optimizer, {}, {}, {"iteration": 9}, export)
+        message = None
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        message = f"{type(exc).__name__}: {exc}"
+    left = sorted(p.name for p in target.parent.iterdir()) if target.parent.exists() else []
+    (out / f"failed_save_rank{runner.rank}.json").write_text(json.dumps({"error": message, "left": left}))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,13 @@ def test_resume_from_a_sharded_checkpoint_is_bit_identical(runs):
     assert facts(runs, "lora_resumed")[0]["sharded"]
 
 
+def test_a_save_that_fails_on_one_rank_fails_on_all_and_leaves_nothing(runs):
+    rank0, rank1 = (json.loads((runs / f"failed_save_rank{r}.json").read_text()) for r in range(2))
+    assert rank0["error"] == "OSError: disk full (simulated)"
+    assert rank1["error"].startswith("CheckpointError") and "failed on another rank" in rank1["error"]
+    assert rank0["left"] == rank1["left"] == []  # no iter_9, no iter_9.tmp-<pid>
+
+
 def test_resume_with_another_world_size_names_both(runs):
     with pytest.raises(CheckpointError, match=r"written by 2 processes, this run has 1.*resume it with 2"):
         load_sharded_checkpoint(runs / "lora_fsdp" / "checkpoints" / "iter_1", None, None, world_size=1)

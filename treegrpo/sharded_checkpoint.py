@@ -47,6 +47,13 @@ def gather_trainable(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tens
     return state
 
 
+def collective_device() -> torch.device:
+    """Where small tensors for collectives live: the current GPU under NCCL, else the CPU."""
+    if "nccl" in str(dist.get_backend()).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agreed_tmp_folder(final: Path, is_main: bool) -> Path:
     """The temporary folder every rank writes into, named by the main rank's pid and created by it."""
     name = [f"{final.name}.tmp-{os.getpid()}" if is_main else None]
@@ -83,8 +90,8 @@ def save_sharded_checkpoint(directory: str | Path, model: torch.nn.Module, optim
         fsync_tree(tmp)  # every rank flushes what it wrote
     except BaseException as exc:  # noqa: BLE001 - every rank learns of it below, then re-raises
         error = exc
-    failed = torch.tensor([float(error is not None)])
-    dist.all_reduce(failed)
+    failed = torch.tensor([float(error is not None)], device=collective_device())
+    dist.all_reduce(failed)  # a rank that failed makes every rank drop the folder and raise
     if is_main and not failed.item():
         old = final.with_name(final.name + f".old-{os.getpid()}")
         if final.exists():
