@@ -44,6 +44,7 @@ def config(models: dict, trained: str, fsdp: bool, max_iters: int):
     cfg.max_iters = max_iters
     cfg.policy.cache_prompt_embeds = False  # encoded batch by batch: the same floats after a resume
     cfg.hooks = [dict(type="CheckpointHook", interval=1, max_keep=0)]
+    cfg.advantage = dict(type="TreeBackup", stat_tracking=dict(buffer_size=4, min_count=1))  # per rank
     if fsdp:
         cfg.fsdp = dict()
     return cfg
@@ -57,7 +58,8 @@ def finish(runner: Runner, out: Path, name: str) -> None:
     facts = {"distributed_type": str(runner.accelerator.distributed_type),
              "train_model_is_policy_module": runner.train_model is runner.policy.denoiser,
              "sharded": all(isinstance(p, DTensor) for p in trained),
-             "local_numel": local, "full_numel": sum(t.numel() for t in full.values())}
+             "local_numel": local, "full_numel": sum(t.numel() for t in full.values()),
+             "reward_history": runner.advantage.state_dict()["history"]}
     (out / f"{name}_rank{runner.rank}.json").write_text(json.dumps(facts))
     if runner.rank == 0:
         save_file(full, str(out / f"{name}.safetensors"))
@@ -71,6 +73,11 @@ def main(out: Path, models: dict) -> None:
             runner = Runner(config(models, trained, fsdp, max_iters=2), out / name)
             runner.train()
             finish(runner, out, name)
+    # the DDP LoRA run resumed from its (unsharded) iteration-1 checkpoint
+    runner = Runner(config(models, "lora", False, max_iters=2), out / "lora_ddp_resumed",
+                    resume_from=out / "lora_ddp" / "checkpoints" / "iter_1")
+    runner.train()
+    finish(runner, out, "lora_ddp_resumed")
     # the same FSDP LoRA run with diffusers' gradient checkpointing in every block
     cfg = config(models, "lora", True, max_iters=2)
     cfg.policy.gradient_checkpointing = True

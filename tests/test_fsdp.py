@@ -123,6 +123,24 @@ def test_resume_from_a_sharded_checkpoint_is_bit_identical(runs):
     assert facts(runs, "lora_resumed")[0]["sharded"]
 
 
+@pytest.mark.parametrize("layout", ["ddp", "fsdp"])
+def test_each_rank_resumes_its_own_reward_statistics(runs, layout):
+    """Per-prompt statistics differ per process (own prompts); a checkpoint keeps every rank's."""
+    folder = runs / f"lora_{layout}" / "checkpoints" / "iter_1"
+    if layout == "ddp":
+        saved = torch.load(folder / "training_state.pt", weights_only=True)["advantage_per_rank"]
+    else:
+        saved = [torch.load(folder / f"rank_{r}.pt", weights_only=True)["advantage"] for r in range(2)]
+    assert len(saved) == 2 and saved[0]["history"] and saved[0] != saved[1]
+    resumed = "lora_resumed" if layout == "fsdp" else "lora_ddp_resumed"
+    continued, again = facts(runs, f"lora_{layout}"), facts(runs, resumed)
+    for rank in range(2):  # after iteration 2 the resumed run's statistics are the continued run's
+        assert again[rank]["reward_history"] == continued[rank]["reward_history"]
+    continued_weights = load_file(str(runs / f"lora_{layout}.safetensors"))
+    resumed_weights = load_file(str(runs / f"{resumed}.safetensors"))
+    assert all(torch.equal(continued_weights[k], resumed_weights[k]) for k in continued_weights)
+
+
 def test_a_save_that_fails_on_one_rank_fails_on_all_and_leaves_nothing(runs):
     rank0, rank1 = (json.loads((runs / f"failed_save_rank{r}.json").read_text()) for r in range(2))
     assert rank0["error"] == "OSError: disk full (simulated)"

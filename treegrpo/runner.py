@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from mmengine.config import Config
 from tqdm import tqdm
 
@@ -357,6 +357,8 @@ class Runner:
         every process writes its shard under fsdp, see treegrpo/sharded_checkpoint.py)."""
         self.accelerator.wait_for_everyone()
         path = self.checkpoint_dir / f"iter_{self.iteration}"
+        # per-prompt reward statistics differ per process (each sees its own prompts): keep them all
+        advantage = gather_object([self.advantage_state()]) if self.fsdp is None else None
         if self.fsdp is not None:
             save_runner_checkpoint(self, path)
         elif self.is_main:
@@ -364,7 +366,7 @@ class Runner:
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
+                "advantage": advantage[0], "advantage_per_rank": advantage,
             }
             meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
                     "config": self.cfg.filename,
@@ -374,6 +376,9 @@ class Runner:
         self.last_checkpoint_iter = self.iteration
         self.accelerator.wait_for_everyone()
         return path
+
+    def advantage_state(self) -> dict:
+        return self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {}
 
     def _write_checkpoint_extras(self, folder: Path) -> None:
         """The policy's own export format plus the hooks' files (e.g. the EMA weights)."""
@@ -400,7 +405,9 @@ class Runner:
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         torch.set_rng_state(training_state["torch_rng"])
         if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
-            self.advantage.load_state_dict(training_state.get("advantage", {}))
+            per_rank = training_state.get("advantage_per_rank") or []  # this process's own if saved
+            own = per_rank[self.rank] if len(per_rank) == self.world_size else training_state.get("advantage", {})
+            self.advantage.load_state_dict(own)
         if meta.get("seed") != self.seed or meta.get("world_size") != self.world_size:
             warnings.warn(
                 f"resuming a checkpoint made with seed={meta.get('seed')}, "

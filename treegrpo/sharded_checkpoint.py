@@ -141,9 +141,7 @@ def load_sharded_checkpoint(directory: str | Path, model: torch.nn.Module, optim
 def save_runner_checkpoint(runner, path: Path) -> Path:
     """The runner's checkpoint of a sharded denoiser (every rank calls it): shards, per-rank
     RNG and reward statistics, the lr scheduler, and the main rank's gathered export."""
-    advantage = runner.advantage
-    rank_state = {"torch_rng": torch.get_rng_state(),
-                  "advantage": advantage.state_dict() if hasattr(advantage, "state_dict") else {}}
+    rank_state = {"torch_rng": torch.get_rng_state(), "advantage": runner.advantage_state()}
     meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
             "config": runner.cfg.filename, "world_size": runner.world_size, "fsdp": runner.fsdp}
 
