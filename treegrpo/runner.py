@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
-from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
+from .checkpoint import clean_partial_checkpoints, resume_unsharded, save_unsharded
 from .config_check import validate_config
 from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
                           make_accelerator)
@@ -353,26 +352,12 @@ class Runner:
             self.writer.write(self.iteration, metrics)
 
     def save_checkpoint(self) -> Path | None:
-        """Save the trainable weights, optimizer, lr scheduler, RNG and counters (main process;
-        every process writes its shard under fsdp, see treegrpo/sharded_checkpoint.py)."""
+        """Save the trainable weights, optimizer, lr scheduler, RNG, reward statistics and counters
+        (the main process writes; under fsdp every process writes its shard)."""
         self.accelerator.wait_for_everyone()
         path = self.checkpoint_dir / f"iter_{self.iteration}"
-        # per-prompt reward statistics differ per process (each sees its own prompts): keep them all
-        advantage = gather_object([self.advantage_state()]) if self.fsdp is None else None
-        if self.fsdp is not None:
-            save_runner_checkpoint(self, path)
-        elif self.is_main:
-            training_state = {
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "advantage": advantage[0], "advantage_per_rank": advantage,
-            }
-            meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
-                    "config": self.cfg.filename,
-                    "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-            save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta,
-                            write_extra=self._write_checkpoint_extras)
+        save = save_runner_checkpoint if self.fsdp is not None else save_unsharded
+        save(self, path)
         self.last_checkpoint_iter = self.iteration
         self.accelerator.wait_for_everyone()
         return path
@@ -380,39 +365,14 @@ class Runner:
     def advantage_state(self) -> dict:
         return self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {}
 
-    def _write_checkpoint_extras(self, folder: Path) -> None:
-        """The policy's own export format plus the hooks' files (e.g. the EMA weights)."""
-        self.policy.save_export(folder)
-        self.call_hooks("save_to_checkpoint", folder)
-
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
         path = Path(path)
         if self.fsdp is not None or is_sharded_checkpoint(path):
             meta = resume_runner_checkpoint(self, path)
         else:
-            meta = self.load_full_checkpoint(path)
+            meta = resume_unsharded(self, path)
         self.iteration = self.resumed_iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
         self.call_hooks("load_from_checkpoint", path)
         self.last_checkpoint_iter = self.iteration
-
-    def load_full_checkpoint(self, path: Path) -> dict:
-        """Restore an unsharded checkpoint (the same one on every process); returns its meta."""
-        model_state, training_state, meta = load_checkpoint(path)
-        self.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
-        load_optimizer_state(self.optimizer, training_state["optimizer"], path / "training_state.pt")
-        self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
-        torch.set_rng_state(training_state["torch_rng"])
-        if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
-            per_rank = training_state.get("advantage_per_rank") or []  # this process's own if saved
-            own = per_rank[self.rank] if len(per_rank) == self.world_size else training_state.get("advantage", {})
-            self.advantage.load_state_dict(own)
-        if meta.get("seed") != self.seed or meta.get("world_size") != self.world_size:
-            warnings.warn(
-                f"resuming a checkpoint made with seed={meta.get('seed')}, "
-                f"world_size={meta.get('world_size')} under seed={self.seed}, "
-                f"world_size={self.world_size}: the run will not continue bit-identically",
-                stacklevel=2,
-            )
-        return meta
