@@ -34,7 +34,10 @@ def emulate_fsdp_on_cpu(cfg, settings, kwargs_handlers):
     kind = DistributedType.FSDP if fsdp else DistributedType.MULTI_CPU
     PartialState._shared_state["distributed_type"] = kind
     AcceleratorState._shared_state["distributed_type"] = kind
-    AcceleratorState._shared_state["fsdp_plugin"] = make_fsdp_plugin(settings) if fsdp else None
+    plugin = make_fsdp_plugin(settings) if fsdp else None
+    if fsdp and cfg.get("mixed_precision", "no") != "no":  # accelerate does this for FSDP on GPUs
+        plugin.set_mixed_precision(cfg.mixed_precision)
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
     return accelerator
 
 
@@ -90,6 +93,14 @@ def main(out: Path, models: dict) -> None:
     runner.train()
     finish(runner, out, "lora_resumed")
     save_failing_on_rank0(runner, out)
+    # bf16 weights and autocast: FSDP's mixed precision all-gathers in bf16, the LoRA stays float32.
+    # accelerate fixes mixed_precision once per process: its state is reset first (hence last here)
+    AcceleratorState._reset_state()
+    cfg = config(models, "lora", True, max_iters=1)
+    cfg.policy.dtype, cfg.mixed_precision = "bfloat16", "bf16"
+    runner = Runner(cfg, out / "lora_fsdp_bf16")
+    runner.train()
+    finish(runner, out, "lora_fsdp_bf16")
 
 
 def save_failing_on_rank0(runner: Runner, out: Path) -> None:

@@ -84,6 +84,17 @@ def test_gradient_checkpointing_under_fsdp_gives_the_same_update(runs):
     assert all(rank["sharded"] for rank in facts(runs, "lora_fsdp_checkpointing"))
 
 
+def test_bf16_under_fsdp_trains_float32_adapters(runs, tiny_models):
+    assert all(rank["sharded"] for rank in facts(runs, "lora_fsdp_bf16"))
+    trained = load_file(str(runs / "lora_fsdp_bf16.safetensors"))
+    torch.manual_seed(3)  # the runner's seed: the same LoRA initialisation
+    initial = build(POLICIES, dict(case_config(tiny_models, "sd3", "tree", "lora").policy,
+                                   dtype="bfloat16")).trainable_state_dict()
+    assert set(trained) == set(initial)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in trained.values())
+    assert max((trained[k] - initial[k]).abs().max().item() for k in trained) > 1e-5
+
+
 @pytest.mark.parametrize("trained", ["lora", "full"])
 def test_sharded_checkpoint_holds_every_rank_and_a_gathered_export(runs, trained):
     folder = runs / f"{trained}_fsdp" / "checkpoints" / "iter_1"
