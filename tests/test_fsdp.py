@@ -126,6 +126,23 @@ def test_sharded_checkpoint_holds_every_rank_and_a_gathered_export(runs, trained
         assert (folder / "transformer" / "config.json").is_file()
 
 
+def test_tools_read_a_sharded_checkpoint_like_an_unsharded_one(runs, tiny_models, tmp_path):
+    from tools.export_lora import main as export_main
+    from treegrpo.inference import load_policy
+
+    folder = runs / "lora_fsdp" / "checkpoints" / "iter_1"
+    cfg = case_config(tiny_models, "sd3", "tree", "lora")
+    policy, _ = load_policy(cfg, folder)  # what tools/eval.py loads: the gathered model.safetensors
+    gathered = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(policy.trainable_state_dict()[k], gathered[k]) for k in gathered)
+    comfy = load_file(str(export_main([str(folder), "--out", str(tmp_path / "lora.safetensors"),
+                                       "--family", "sd3"])))
+    reference = load_file(str(export_main([str(runs / "lora_ddp" / "checkpoints" / "iter_1"), "--out",
+                                           str(tmp_path / "ddp.safetensors"), "--family", "sd3"])))
+    assert set(comfy) == set(reference) and comfy
+    assert all(torch.allclose(comfy[k], reference[k], atol=1e-6) for k in comfy)
+
+
 def test_resume_from_a_sharded_checkpoint_is_bit_identical(runs):
     continued = load_file(str(runs / "lora_fsdp.safetensors"))
     resumed = load_file(str(runs / "lora_resumed.safetensors"))
