@@ -2,12 +2,13 @@
 
 Layout of ``checkpoints/iter_<n>/``:
 - ``model.safetensors``: the policy's trainable tensors (full weights or LoRA);
-- ``training_state.pt``: optimizer, lr scheduler and RNG states (loaded with ``weights_only=True``);
+- ``training_state.pt``: optimizer, lr scheduler and RNG states (loaded with ``weights_only=True``),
+  and every process's per-prompt reward statistics (``advantage_per_rank``);
 - ``meta.json``: iteration, seed, world size, counters and the config file.
 A checkpoint is written to a temporary folder beside its final name, flushed to disk (files and
 folder fsynced) and renamed when complete, so an interrupted save never leaves a half-written
 ``iter_<n>``. Every file read here is checked; a damaged one gives a :class:`CheckpointError`
-naming the file.
+naming the file. An FSDP-sharded run writes the layout of :mod:`treegrpo.sharded_checkpoint`.
 """
 from __future__ import annotations
 

@@ -77,10 +77,11 @@ def save_sharded_checkpoint(directory: str | Path, model: torch.nn.Module, optim
     tmp = agreed_tmp_folder(final, is_main)
     error: BaseException | None = None
     try:
+        # the collectives first (DCP reports a failed write on every rank), then each rank's own files
         model_state, optim_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARD_FOLDER))
-        torch.save(rank_state, rank_file(tmp, rank))
         full = gather_trainable(model, keep=is_main)
+        torch.save(rank_state, rank_file(tmp, rank))
         if is_main:
             save_file(full, str(tmp / "model.safetensors"))
             torch.save(shared_state, tmp / "training_state.pt")
