@@ -12,7 +12,8 @@ through accelerate, one FSDP unit per transformer block:
 
 FSDP2 shards parameters in place: the policy keeps the very module accelerate prepared, so sampling
 forwards through ``policy.denoiser`` gather the weights as training forwards do, and LoRA's mixed
-``requires_grad`` (frozen base, trained adapters) is supported per parameter. Gradient checkpointing
+``requires_grad`` (frozen base, trained adapters) is supported per parameter. FSDP1 is not offered:
+it flattens each unit's parameters, and the policy's module could no longer sample. Gradient checkpointing
 is the policy's own ``gradient_checkpointing=True`` (diffusers' per-block checkpointing).
 
 accelerate 1.16 applies its FSDP plugin only on GPUs: with ``Accelerator(cpu=True)`` it reports
