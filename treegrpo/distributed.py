@@ -109,7 +109,8 @@ def check_fsdp_active(accelerator, settings: dict[str, Any] | None) -> None:
         f"fsdp is set but accelerate runs {accelerator.distributed_type} with "
         f"{accelerator.num_processes} process(es): accelerate 1.16 applies FSDP only on 2 or more "
         "GPUs (on CPU it would train with DDP instead). Launch on GPUs (e.g. accelerate launch "
-        "--num_processes 8 train.py ...), or set fsdp=None (--cfg-options fsdp=None) for DDP")
+        "--multi_gpu --num_processes 8 tools/train.py CONFIG), or set fsdp=None "
+        "(--cfg-options fsdp=None) for DDP")
 
 
 def check_wrap_classes(model: torch.nn.Module, names: list[str]) -> None:
