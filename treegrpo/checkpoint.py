@@ -2,12 +2,13 @@
 
 Layout of ``checkpoints/iter_<n>/``:
 - ``model.safetensors``: the policy's trainable tensors (full weights or LoRA);
-- ``training_state.pt``: optimizer, lr scheduler and RNG states (loaded with ``weights_only=True``);
+- ``training_state.pt``: optimizer, lr scheduler and RNG states (loaded with ``weights_only=True``),
+  and every process's per-prompt reward statistics (``advantage_per_rank``);
 - ``meta.json``: iteration, seed, world size, counters and the config file.
 A checkpoint is written to a temporary folder beside its final name, flushed to disk (files and
 folder fsynced) and renamed when complete, so an interrupted save never leaves a half-written
 ``iter_<n>``. Every file read here is checked; a damaged one gives a :class:`CheckpointError`
-naming the file.
+naming the file. An FSDP-sharded run writes the layout of :mod:`treegrpo.sharded_checkpoint`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -223,3 +226,50 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no checkpoint found at {path} (expected checkpoints/iter_<n>/)")
     return found[-1]
+
+
+def save_unsharded(runner, path: Path) -> None:
+    """The runner's checkpoint when every process holds the whole model (every process calls it,
+    the main one writes): trained tensors, optimizer, lr scheduler, RNG, each process's per-prompt
+    reward statistics (they differ: each process sees its own prompts), the policy's export."""
+    from accelerate.utils import gather_object
+
+    advantage = gather_object([runner.advantage_state()])
+    if not runner.is_main:
+        return
+    training_state = {
+        "optimizer": runner.optimizer.state_dict(),
+        "lr_scheduler": runner.lr_scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "advantage": advantage[0], "advantage_per_rank": advantage,
+    }
+    meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
+            "config": runner.cfg.filename, "world_size": runner.world_size,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def write_extra(folder: Path) -> None:  # the policy's own format plus the hooks' files (EMA)
+        runner.policy.save_export(folder)
+        runner.call_hooks("save_to_checkpoint", folder)
+
+    save_checkpoint(path, runner.policy.trainable_state_dict(), training_state, meta, write_extra)
+
+
+def resume_unsharded(runner, path: Path) -> dict:
+    """Restore what :func:`save_unsharded` wrote into the runner's components; returns meta."""
+    model_state, training_state, meta = load_checkpoint(path)
+    runner.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
+    load_optimizer_state(runner.optimizer, training_state["optimizer"], path / "training_state.pt")
+    runner.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
+    torch.set_rng_state(training_state["torch_rng"])
+    if hasattr(runner.advantage, "load_state_dict"):  # this process's own statistics when saved
+        per_rank = training_state.get("advantage_per_rank") or []
+        own = per_rank[runner.rank] if len(per_rank) == runner.world_size else training_state.get("advantage", {})
+        runner.advantage.load_state_dict(own)
+    if meta.get("seed") != runner.seed or meta.get("world_size") != runner.world_size:
+        warnings.warn(
+            f"resuming a checkpoint made with seed={meta.get('seed')}, "
+            f"world_size={meta.get('world_size')} under seed={runner.seed}, "
+            f"world_size={runner.world_size}: the run will not continue bit-identically",
+            stacklevel=3,
+        )
+    return meta

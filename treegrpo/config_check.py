@@ -45,6 +45,7 @@ OTHER_KEYS = {
     "wandb": "wandb.init arguments (runner)",
     "eval_rewards": "name -> reward dict for tools/eval.py",
     "dist_timeout_s": "collective timeout of distributed runs (runner)",
+    "fsdp": "None (DDP) or dict of FSDP settings for the denoiser (runner, treegrpo/distributed.py)",
     "custom_imports": "modules to import for plugins (mmengine)",
 }
 KNOWN_KEYS = frozenset(COMPONENT_KEYS) | frozenset(OTHER_KEYS)

@@ -7,26 +7,27 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
 from .advantages.distributed import RankGroup
-from .checkpoint import clean_partial_checkpoints, load_checkpoint, load_optimizer_state, save_checkpoint
+from .checkpoint import clean_partial_checkpoints, resume_unsharded, save_unsharded
 from .config_check import validate_config
+from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
+                          make_accelerator)
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
 from .rewards.base import RewardError, check_rewards, load_reward_weights
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
+from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
 from .update import edge_log_probs, plan_micro_batches, update_settings
 from .utils import PURPOSES, make_generator, timer
 
@@ -82,11 +83,9 @@ class Runner:
         require_keys(cfg)
         validate_config(cfg)  # every problem of the config at once, before any model is loaded
         self.cfg = cfg
-        self.accelerator = Accelerator(
-            cpu=cfg.get("cpu", False) or not torch.cuda.is_available(),
-            mixed_precision=cfg.get("mixed_precision", "no"),
-            kwargs_handlers=[collective_timeout(cfg)],
-        )
+        self.fsdp = fsdp_settings(cfg.get("fsdp"), cfg.policy)  # None: DDP
+        self.accelerator = make_accelerator(cfg, self.fsdp, [collective_timeout(cfg)])
+        check_fsdp_active(self.accelerator, self.fsdp)
         self.device = self.accelerator.device
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.seed = int(cfg.get("seed", 0))
@@ -115,6 +114,9 @@ class Runner:
         self.loss = build(LOSSES, cfg.loss)
         self.train_dataset = build(DATASETS, cfg.train_dataset)
         self.hooks = sorted((build(HOOKS, h) for h in cfg.get("hooks", [])), key=lambda h: h.priority)
+        if self.fsdp is not None:
+            check_wrap_classes(self.policy.denoiser, self.fsdp["wrap_classes"])
+            check_fsdp_hooks(self.hooks)
 
         self.optimizer = build_optimizer(cfg.optimizer, self.policy.trainable_parameters())
         warmup = int(cfg.get("lr_warmup_iters", 0))
@@ -124,6 +126,8 @@ class Runner:
         # The lr scheduler is stepped by us once per iteration (not prepared: accelerate would
         # step it once per process). The policy keeps its bare denoiser; the runner owns the
         # wrapper that accelerate returns (DDP / FSDP) and runs the training forwards through it.
+        # FSDP2 shards policy.denoiser in place: train_model is that module, and sampling forwards
+        # through the policy gather the shards as training forwards do (treegrpo/distributed.py).
         self.train_model, self.optimizer = self.accelerator.prepare(self.policy.denoiser, self.optimizer)
 
         self.iteration = 0
@@ -346,47 +350,26 @@ class Runner:
             self.writer.write(self.iteration, metrics)
 
     def save_checkpoint(self) -> Path | None:
-        """Save the trainable weights, optimizer, lr scheduler, RNG and counters (main process)."""
+        """Save the trainable weights, optimizer, lr scheduler, RNG, reward statistics and counters
+        (the main process writes; under fsdp every process writes its shard)."""
         self.accelerator.wait_for_everyone()
         path = self.checkpoint_dir / f"iter_{self.iteration}"
-        if self.is_main:
-            training_state = {
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
-            }
-            meta = {"iteration": self.iteration, "seed": self.seed, "counters": self.counters,
-                    "config": self.cfg.filename,
-                    "world_size": self.world_size, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-            save_checkpoint(path, self.policy.trainable_state_dict(), training_state, meta,
-                            write_extra=self._write_checkpoint_extras)
+        save = save_runner_checkpoint if self.fsdp is not None else save_unsharded
+        save(self, path)
         self.last_checkpoint_iter = self.iteration
         self.accelerator.wait_for_everyone()
         return path
 
-    def _write_checkpoint_extras(self, folder: Path) -> None:
-        """The policy's own export format plus the hooks' files (e.g. the EMA weights)."""
-        self.policy.save_export(folder)
-        self.call_hooks("save_to_checkpoint", folder)
+    def advantage_state(self) -> dict:
+        return self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {}
 
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""
         path = Path(path)
-        model_state, training_state, meta = load_checkpoint(path)
-        self.policy.load_trainable_state_dict(model_state, source=str(path / "model.safetensors"))
-        load_optimizer_state(self.optimizer, training_state["optimizer"], path / "training_state.pt")
-        self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
-        torch.set_rng_state(training_state["torch_rng"])
-        if hasattr(self.advantage, "load_state_dict"):  # e.g. per-prompt reward statistics
-            self.advantage.load_state_dict(training_state.get("advantage", {}))
-        if meta.get("seed") != self.seed or meta.get("world_size") != self.world_size:
-            warnings.warn(
-                f"resuming a checkpoint made with seed={meta.get('seed')}, "
-                f"world_size={meta.get('world_size')} under seed={self.seed}, "
-                f"world_size={self.world_size}: the run will not continue bit-identically",
-                stacklevel=2,
-            )
+        if self.fsdp is not None or is_sharded_checkpoint(path):
+            meta = resume_runner_checkpoint(self, path)
+        else:
+            meta = resume_unsharded(self, path)
         self.iteration = self.resumed_iteration = int(meta["iteration"])
         self.counters.update(meta.get("counters", {}))
         self.call_hooks("load_from_checkpoint", path)

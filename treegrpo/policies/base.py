@@ -135,9 +135,10 @@ class Policy(nn.Module, abc.ABC):
         device = getattr(self, "device", None) or next(self.denoiser.parameters()).device
         return cache.encode(prompts, encode, device)
 
-    def save_export(self, directory: Path) -> None:
+    def save_export(self, directory: Path, state: dict | None = None) -> None:
         """Write weights in the model family's own format into ``directory`` (e.g. a diffusers
-        LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none."""
+        LoRA that ``pipe.load_lora_weights`` reads). Called inside each checkpoint; default: none.
+        ``state``: the trained tensors gathered to full size when the denoiser is FSDP-sharded."""
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:

@@ -165,12 +165,22 @@ def make_trainable(policy, lora: dict | None, keep_reference: bool, gradient_che
         denoiser.compile(**({} if compile_denoiser is True else dict(compile_denoiser)))
 
 
-def export_full_model(model, directory: Path, component: str) -> Path:
+def export_full_model(model, directory: Path, component: str, state: dict | None = None) -> Path:
     """Write ``directory/<component>/`` as a diffusers model folder: ``config.json`` plus the
     weights, hard-linked from ``directory/model.safetensors`` when that file holds exactly the
-    model's state dict (names and dtypes), else saved with ``save_pretrained``."""
+    model's state dict (names and dtypes), else saved with ``save_pretrained``. ``state``: the
+    trained tensors gathered from a sharded model; the rest of the state dict (buffers, which FSDP
+    does not shard) is read from ``model``."""
     target = directory / component
     checkpoint = directory / "model.safetensors"
+    if state is not None:
+        from safetensors.torch import save_file
+
+        full = {name: state[name] if name in state else value.detach().cpu().contiguous()
+                for name, value in model.state_dict().items()}
+        model.save_config(target)
+        save_file(full, str(target / "diffusion_pytorch_model.safetensors"))
+        return target
     state = model.state_dict()
     if checkpoint.is_file():
         from safetensors import safe_open
@@ -217,8 +227,9 @@ class DiffusersPolicy(Policy):
         null = self.encode_prompts([self.negative_prompt])
         return {key: value.expand(batch_size, *value.shape[1:]) for key, value in null.items()}
 
-    def save_export(self, directory: Path) -> None:
-        """Write the trained denoiser in diffusers' own format into ``directory``:
+    def save_export(self, directory: Path, state: dict | None = None) -> None:
+        """Write the trained denoiser in diffusers' own format into ``directory`` (``state``: its
+        trained tensors gathered to full size when the module is FSDP-sharded):
 
         - LoRA: ``lora/pytorch_lora_weights.safetensors`` (diffusers layout, ``lora_alpha`` kept in
           the metadata), so a stock pipeline loads it with ``pipe.load_lora_weights(directory/'lora')``;
@@ -229,11 +240,12 @@ class DiffusersPolicy(Policy):
         """
         model = self.denoiser
         if not getattr(model, "_hf_peft_config_loaded", False):
-            export_full_model(model, Path(directory), self.component)
+            export_full_model(model, Path(directory), self.component, state)
             return
         from peft.utils import get_peft_model_state_dict
 
-        layers = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        layers = {k: v.detach().cpu().contiguous()
+                  for k, v in get_peft_model_state_dict(model, state_dict=state).items()}
         metadata = model.peft_config["default"].to_dict()  # lora_alpha sets the scale when loading
         type(self.pipe).save_lora_weights(
             Path(directory) / "lora", **{f"{self.component}_lora_layers": layers,
