@@ -109,7 +109,11 @@ class EvalHook(Hook):
         group = RankGroup(runner.accelerator)
         count = len(self.prompts)
         mine = list(range(group.rank, count, group.world_size))
-        rows = mine or [0]  # a rank without prompts samples prompt 0 (gathered, then dropped)
+        # Every rank samples the same number of rows (padded with its last prompt, or prompt 0;
+        # the padding is dropped when gathering): FSDP's forwards are collectives, so unequal
+        # numbers of forwards across ranks would hang.
+        share = -(-count // group.world_size)
+        rows = mine + [mine[-1] if mine else 0] * (share - len(mine))
         prompts = [self.prompts[i] for i in rows]
         eval_noise = torch.randn((count, *policy.latent_shape), generator=make_generator("cpu", self.seed))
         with ema.applied(runner) if use_ema else contextlib.nullcontext():
