@@ -22,12 +22,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun_worker(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run tests/dist_worker.py ARGS as 2 CPU processes under torchrun."""
+def torchrun_worker(*args: str, timeout: float = 240, worker: str = "dist_worker.py") -> subprocess.CompletedProcess:
+    """Run tests/<worker> ARGS as 2 CPU processes (one thread each) under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "tests" / "dist_worker.py"), *args]
+           str(ROOT / "tests" / worker), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,21 +8,15 @@ reading ``.dtype`` through a DDP wrapper crashed the first forward), and samplin
 by global prompt, so the world size does not change what is sampled.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.dist_real_worker import CASES, case_config, case_name, run_cases
-from tests.test_distributed import free_port
+from tests.test_distributed import torchrun_worker
 from tools.make_tiny_models import main as make_tiny
 from treegrpo.registry import POLICIES, build
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +28,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_run(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "tests" / "dist_real_worker.py"), str(out), json.dumps(tiny_models)]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = torchrun_worker(str(out), json.dumps(tiny_models), timeout=600, worker="dist_real_worker.py")
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 

@@ -8,8 +8,6 @@ training step and the checkpoints are then accelerate's and torch's real FSDP2 c
 """
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from types import SimpleNamespace
@@ -20,7 +18,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from tests.dist_real_worker import case_config
-from tests.test_distributed import free_port
+from tests.test_distributed import torchrun_worker
 from tools.make_tiny_models import main as make_tiny
 from treegrpo.checkpoint import CheckpointError
 from treegrpo.distributed import (WRAP_CLASSES, check_fsdp_active, check_fsdp_hooks, check_wrap_classes,
@@ -52,11 +50,8 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(ROOT / "tests" / "fsdp_worker.py"), str(out), json.dumps({"sd3": tiny_models["sd3"]})]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = torchrun_worker(str(out), json.dumps({"sd3": tiny_models["sd3"]}), timeout=600,
+                             worker="fsdp_worker.py")
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 

@@ -170,20 +170,13 @@ def test_config_check_names_the_world_size_and_the_fix(monkeypatch):
 def memory_runs(tmp_path_factory):
     """tests/dist_memory_worker.py as 2 torchrun processes and as 1 in-process run."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from tests.dist_memory_worker import main as worker_main
-    from tests.test_distributed import free_port
+    from tests.test_distributed import torchrun_worker
 
     out = tmp_path_factory.mktemp("memory")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "tests" / "dist_memory_worker.py"),
-           str(out / "two")]
     (out / "two").mkdir()
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
+    result = torchrun_worker(str(out / "two"), timeout=300, worker="dist_memory_worker.py")
     assert result.returncode == 0, result.stderr[-4000:]
     (out / "one").mkdir()
     worker_main(str(out / "one"))
