@@ -108,3 +108,13 @@ def write_run_config(path, policy, kernel, **overrides) -> Path:
     path.write_text("".join(f"{key} = {value if isinstance(value, str) else repr(value)}\n"
                             for key, value in pieces.items()))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight SD3, FLUX and SD1.5 pipelines written once per test session
+    (``tools/make_tiny_models.py``): {family: folder}. Test files needing other sets define their own."""
+    from tools.make_tiny_models import main as make_tiny
+
+    written = make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3", "flux", "sd15"])
+    return {name: str(path) for name, path in written.items()}

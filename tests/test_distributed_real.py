@@ -15,14 +15,7 @@ from safetensors.torch import load_file
 
 from tests.dist_real_worker import CASES, case_config, case_name, run_cases
 from tests.test_distributed import torchrun_worker
-from tools.make_tiny_models import main as make_tiny
 from treegrpo.registry import POLICIES, build
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    written = make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3", "flux", "sd15"])
-    return {name: str(path) for name, path in written.items()}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 from tests.dist_real_worker import case_config
 from tests.test_distributed import torchrun_worker
-from tools.make_tiny_models import main as make_tiny
 from treegrpo.checkpoint import CheckpointError
 from treegrpo.distributed import (WRAP_CLASSES, check_fsdp_active, check_fsdp_hooks, check_wrap_classes,
                                   fsdp_settings, make_fsdp_plugin)
@@ -39,12 +38,6 @@ def restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    written = make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3", "flux", "sd15"])
-    return {name: str(path) for name, path in written.items()}
 
 
 @pytest.fixture(scope="module")
