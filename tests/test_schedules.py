@@ -158,3 +158,19 @@ def test_schedules_pass_per_depth_k_and_keep_int_draws():
         EveryStep(k=[2, 2])
     built = build(SCHEDULES, dict(type="RandomWindow", depth=2, k=[3, 2]))
     assert built.plan(0, 4, _gen()).num_leaves == 6
+
+
+def test_config_check_refuses_bad_per_depth_k_and_accepts_good():
+    from pathlib import Path
+
+    from treegrpo.config_check import check_window
+    from treegrpo.inference import load_config
+
+    toy = Path(__file__).resolve().parents[1] / "configs" / "treegrpo_toy_shapes.py"  # depth 3
+    assert check_window(load_config(toy, {"schedule.k": [4, 2, 2]})) == []
+    (wrong_length,) = check_window(load_config(toy, {"schedule.k": [4, 2]}))
+    assert "list of depth=3 integers" in wrong_length and "k=[4, 2]" in wrong_length
+    (single_leaf,) = check_window(load_config(toy, {"schedule.k": [1, 1, 1]}))
+    assert "product is > 1" in single_leaf
+    (int_one,) = check_window(load_config(toy, {"schedule.k": 1}))
+    assert "schedule.k=1 with depth=3 gives 1 leaf" in int_one and "zero" in int_one
