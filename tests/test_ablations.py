@@ -19,7 +19,17 @@ EXPECTED = {
     "treegrpo_toy_shapes_mean_backup.py": {"advantage.weighting": "mean"},
     "treegrpo_toy_shapes_eta05.py": {"kernel.eta": 0.5},
     "treegrpo_toy_shapes_eta1.py": {"kernel.eta": 1.0},
+    # per-depth k (a list replaces the base int k = 2)
+    "treegrpo_toy_shapes_k422.py": {"schedule.k": None, "schedule.k.0": 4, "schedule.k.1": 2, "schedule.k.2": 2},
+    "treegrpo_toy_shapes_leaves8_k222.py": {
+        "schedule.k": None, "schedule.k.0": 2, "schedule.k.1": 2, "schedule.k.2": 2},
+    "treegrpo_toy_shapes_leaves8_k42.py": {
+        "schedule.depth": 2, "schedule.k": None, "schedule.k.0": 4, "schedule.k.1": 2},
+    "treegrpo_toy_shapes_leaves8_k8.py": {"schedule.depth": 1, "schedule.k": None, "schedule.k.0": 8},
 }
+
+LEAVES = {"treegrpo_toy_shapes_k422.py": 16, "treegrpo_toy_shapes_leaves8_k222.py": 8,
+          "treegrpo_toy_shapes_leaves8_k42.py": 8, "treegrpo_toy_shapes_leaves8_k8.py": 8}
 
 
 def flatten(value, prefix=""):
@@ -47,3 +57,12 @@ def test_ablation_changes_only_its_keys(name):
     child = flatten(Config.fromfile(str(ROOT / "configs" / "ablations" / name)).to_dict())
     changed = {key: child.get(key) for key in set(base) | set(child) if base.get(key) != child.get(key)}
     assert changed == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_per_depth_k_ablations_build_with_their_leaf_count(name):
+    from treegrpo.registry import SCHEDULES, build
+
+    cfg = Config.fromfile(str(ROOT / "configs" / "ablations" / name))
+    plan = build(SCHEDULES, cfg.schedule).plan(0, cfg.sampler.num_steps)
+    assert plan.num_leaves == LEAVES[name] and len(plan.ks) == plan.depth

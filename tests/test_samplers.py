@@ -153,3 +153,85 @@ def test_plan_micro_batches_default_and_per_step():
     assert groups == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]  # whole steps in node order when they fit
     two_steps = plan_micro_batches(parents, step, 2, 6, torch.Generator().manual_seed(0), per_step=True)
     assert len(two_steps) == 2 and all(len(mb) == 1 for mb in two_steps)
+
+
+def per_depth_tree_nfe(p, ks, s):
+    """Closed form for per-depth k: prefix + one forward per internal node + suffix per leaf."""
+    widths = [1]
+    for k in ks:
+        widths.append(widths[-1] * k)
+    return p + sum(widths[:-1]) + widths[-1] * s
+
+
+@pytest.mark.parametrize("start,ks,steps", [(1, (4, 2, 2), 6), (0, (3, 2), 4), (2, (1, 3), 5), (0, (8,), 3)])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_per_depth_k_nfe_counts_and_parents(tiny_policy, start, ks, steps, guidance):
+    plan = BranchPlan(start=start, depth=len(ks), k=list(ks))
+    rollout = TreeSampler(num_steps=steps, guidance_scale=guidance).sample(
+        tiny_policy, FlowMatchingKernel(0.7), PROMPTS, plan, torch.Generator().manual_seed(0))
+    p, suffix = len(PROMPTS), steps - start - len(ks)
+    assert rollout.nfe == p * per_depth_tree_nfe(start, ks, suffix) * (2 if guidance > 1 else 1)
+    assert rollout.leaf_nodes.numel() == p * plan.num_leaves
+    assert rollout.parent_nodes.numel() == p * plan.num_parents
+    assert rollout.edge_nodes.numel() == p * plan.num_edges
+    assert torch.bincount(rollout.leaf_prompt_index).tolist() == [plan.num_leaves] * p
+    # every node of depth l has exactly ks[l] children, taken at window step start + l
+    children = torch.bincount(rollout.parent[rollout.parent >= 0], minlength=rollout.num_nodes)
+    for level, k in enumerate(ks):
+        at_level = torch.nonzero(rollout.step == start + level).flatten()
+        at_level = at_level[torch.isin(at_level, rollout.parent_nodes)]
+        assert at_level.numel() == p * plan.width(level)
+        assert children[at_level].tolist() == [k] * at_level.numel()
+
+
+def test_per_depth_k_hand_built_parents_and_batched_forwards(tiny_policy):
+    """k = [3, 2], one prompt, no prefix/suffix: nodes 0 | 1 2 3 | 4..9, forwards of 1 and 3 rows."""
+    batch_sizes = []
+    original = tiny_policy.model_output
+
+    def recording(latents, level, cond, model=None):
+        batch_sizes.append(latents.shape[0])
+        return original(latents, level, cond, model)
+
+    tiny_policy.model_output = recording  # test spy on the instance
+    rollout = TreeSampler(num_steps=2).sample(tiny_policy, FlowMatchingKernel(0.7), PROMPTS[:1],
+                                              BranchPlan(0, 2, [3, 2]), torch.Generator().manual_seed(0))
+    assert rollout.parent.tolist() == [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert rollout.leaf_nodes.tolist() == [4, 5, 6, 7, 8, 9]
+    assert rollout.step.tolist() == [0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert batch_sizes == [1, 3] and rollout.nfe == 4
+
+
+def test_int_k_and_the_same_per_depth_list_give_bitwise_equal_trees(tiny_policy):
+    kernel, sampler = FlowMatchingKernel(0.7), TreeSampler(num_steps=6)
+    a = sampler.sample(tiny_policy, kernel, PROMPTS, BranchPlan(1, 3, 2), torch.Generator().manual_seed(4))
+    b = sampler.sample(tiny_policy, kernel, PROMPTS, BranchPlan(1, 3, [2, 2, 2]), torch.Generator().manual_seed(4))
+    assert torch.equal(a.parent, b.parent) and torch.equal(a.latents, b.latents)
+    assert torch.equal(a.images, b.images) and a.nfe == b.nfe
+
+
+def test_per_depth_k_log_probs_recompute_and_group_by_parent(tiny_policy):
+    kernel = FlowMatchingKernel(0.7)
+    rollout = TreeSampler(num_steps=5).sample(tiny_policy, kernel, PROMPTS, BranchPlan(1, 3, [1, 3, 2]),
+                                              torch.Generator().manual_seed(3))
+    batch = edge_log_probs(tiny_policy, kernel, rollout, rollout.parent_nodes)
+    assert batch.forwards == rollout.parent_nodes.numel() == len(PROMPTS) * (1 + 1 + 3)
+    assert batch.child.numel() == len(PROMPTS) * (1 + 3 + 6)
+    torch.testing.assert_close(batch.log_prob, rollout.log_prob[batch.child], rtol=0, atol=1e-6)
+
+
+def test_one_runner_iteration_with_per_depth_k(tmp_path):
+    """TreeBackup advantages and the update work unchanged on a k = [3, 2] tree."""
+    from tests.test_runner import read_log, write_config
+    from tools.train import main as train_main
+
+    extra = "schedule = dict(type='RandomWindow', depth=2, k=[3, 2])\n"
+    runner = train_main([write_config(tmp_path, iters=1, extra=extra), "--work-dir", str(tmp_path / "run")])
+    (record,) = read_log(tmp_path / "run")
+    start = record["rollout/window_start"]
+    # 2 prompts, 5 steps: prefix start, 1 + 3 window forwards, 6 leaves x suffix (3 - start)
+    assert record["rollout/nfe"] == 2 * (start + 4 + 6 * (3 - start))
+    assert record["rollout/edges"] == 2 * (3 + 6)
+    assert record["update/nfe"] == 2 * 2 * (1 + 3)  # 2 inner epochs x one forward per parent
+    assert record["losses/onpolicy_ratio_max_dev"] < 1e-5
+    assert torch.isfinite(torch.tensor(record["losses/policy_loss"])) and runner.iteration == 1

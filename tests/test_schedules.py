@@ -119,3 +119,58 @@ def test_every_schedule_builds_through_the_registry():
         assert type(schedule) is cls
         plan = schedule.plan(0, 10, _gen())
         assert isinstance(plan, BranchPlan) and plan.stop <= 10
+
+
+def test_branch_plan_per_depth_k_counts_by_hand():
+    # k = [4, 2, 2]: widths 1, 4, 8, 16 -> 16 leaves, 1 + 4 + 8 parents, 4 + 8 + 16 edges
+    plan = BranchPlan(start=1, depth=3, k=[4, 2, 2])
+    assert plan.k == (4, 2, 2) and plan.ks == (4, 2, 2)  # a list is stored as a tuple
+    assert [plan.width(level) for level in range(4)] == [1, 4, 8, 16]
+    assert (plan.num_leaves, plan.num_parents, plan.num_edges) == (16, 13, 28)
+    shallow = BranchPlan(start=0, depth=2, k=(1, 3))  # a chain step, then 3 children
+    assert (shallow.num_leaves, shallow.num_parents, shallow.num_edges) == (3, 2, 4)
+    # an int k is unchanged and its ks is the repeated tuple; the same tree counts as a list
+    uniform, listed = BranchPlan(2, 3, 2), BranchPlan(2, 3, [2, 2, 2])
+    assert uniform.k == 2 and uniform.ks == (2, 2, 2)
+    counts = (uniform.num_leaves, uniform.num_parents, uniform.num_edges)
+    assert counts == (listed.num_leaves, listed.num_parents, listed.num_edges) == (8, 7, 14)
+    assert hash(listed) == hash(BranchPlan(2, 3, (2, 2, 2)))
+
+
+@pytest.mark.parametrize("k", [[2, 2], [2, 2, 2, 2], [2, 0, 2], [1, 1, 1], [2, 2.0, 2], [True, 2, 2], "222"])
+def test_per_depth_k_errors_name_the_key(k):
+    with pytest.raises(ValueError, match=r"k must be an integer >= 1"):
+        BranchPlan(start=0, depth=3, k=k)
+    with pytest.raises(ValueError, match=r"k must be an integer >= 1"):
+        RandomWindow(depth=3, k=k)
+
+
+def test_schedules_pass_per_depth_k_and_keep_int_draws():
+    gen_int, gen_list = _gen(5), _gen(5)
+    ints = [RandomWindow(depth=3, k=2).plan(i, 10, gen_int) for i in range(20)]
+    lists = [RandomWindow(depth=3, k=[4, 2, 2]).plan(i, 10, gen_list) for i in range(20)]
+    assert [p.start for p in ints] == [p.start for p in lists]  # same random draws
+    assert all(p.k == 2 for p in ints) and all(p.ks == (4, 2, 2) for p in lists)
+    assert FixedWindow(start=1, depth=2, k=[4, 2]).plan(0, 5) == BranchPlan(1, 2, (4, 2))
+    assert SlidingWindow(depth=1, k=[8]).plan(3, 4).ks == (8,)
+    assert "k=(4, 2, 2)" in repr(RandomWindow(depth=3, k=[4, 2, 2]))
+    with pytest.raises(ValueError, match=r"EveryStep.*k must be one integer"):
+        EveryStep(k=[2, 2])
+    built = build(SCHEDULES, dict(type="RandomWindow", depth=2, k=[3, 2]))
+    assert built.plan(0, 4, _gen()).num_leaves == 6
+
+
+def test_config_check_refuses_bad_per_depth_k_and_accepts_good():
+    from pathlib import Path
+
+    from treegrpo.config_check import check_window
+    from treegrpo.inference import load_config
+
+    toy = Path(__file__).resolve().parents[1] / "configs" / "treegrpo_toy_shapes.py"  # depth 3
+    assert check_window(load_config(toy, {"schedule.k": [4, 2, 2]})) == []
+    (wrong_length,) = check_window(load_config(toy, {"schedule.k": [4, 2]}))
+    assert "list of depth=3 integers" in wrong_length and "k=[4, 2]" in wrong_length
+    (single_leaf,) = check_window(load_config(toy, {"schedule.k": [1, 1, 1]}))
+    assert "product is > 1" in single_leaf
+    (int_one,) = check_window(load_config(toy, {"schedule.k": 1}))
+    assert "schedule.k=1 with depth=3 gives 1 leaf" in int_one and "zero" in int_one

@@ -171,11 +171,11 @@ def main(argv=None) -> dict:
     schedule = build(SCHEDULES, cfg.schedule)
     plans = [schedule.plan(i, num_steps, make_generator("cpu", args.seed, i, PURPOSES["schedule"]))
              for i in range(len(prompts))]
-    k, depth = plans[0].k, plans[0].depth
-    group = k**depth
-    if group < 2 or any(p.k**p.depth != group for p in plans):
+    k, depth = plans[0].k, plans[0].depth  # k: an int, or a tuple of per-depth ints
+    group = plans[0].num_leaves
+    if group < 2 or any(p.num_leaves != group for p in plans):
         raise ValueError(f"the schedule {schedule!r} must give k**depth >= 2 leaves per tree, the same "
-                         f"for every prompt (a group to compare), got {sorted({p.k**p.depth for p in plans})}")
+                         f"for every prompt (a group to compare), got {sorted({p.num_leaves for p in plans})}")
     samplers = {"tree": TreeSampler(num_steps, guidance, chunk_size=chunk),
                 "flat": FlatSampler(num_steps, group, guidance, shared_noise=False, chunk_size=chunk)}
     if not args.skip_reference:

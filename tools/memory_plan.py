@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -147,8 +148,10 @@ def parents_per_micro_batch(cfg, gpus: int) -> tuple[int, str]:
     update = {"num_minibatches": 1, "micro_batch_size": 64, "per_step_batches": False, **cfg.get("update", {})}
     depth = int(cfg.schedule.get("depth", 1))
     if cfg.sampler["type"] == "TreeSampler":
-        k = int(cfg.schedule.get("k", 2))
-        all_parents, step_group = sum(k**level for level in range(depth)), k ** (depth - 1)
+        k = cfg.schedule.get("k", 2)  # an int, or one int per depth
+        ks = [int(v) for v in k] if isinstance(k, (list, tuple)) else [int(k)] * depth
+        widths = [math.prod(ks[:level]) for level in range(depth)]  # parents of one tree per depth
+        all_parents, step_group = sum(widths), max(widths)
     else:  # flat: G chains, one parent per chain and window step
         group = int(cfg.sampler.get("group_size", 8))
         all_parents, step_group = group * depth, group

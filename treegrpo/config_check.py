@@ -246,8 +246,8 @@ def check_numbers(cfg, world_size: int | None = None) -> list[str]:
 
 def check_window(cfg) -> list[str]:
     """Build the (cheap) schedule and plan iteration 0 for the sampler's num_steps, so that a
-    window that does not fit and a tree with a single leaf (k ** depth = 1: every advantage is
-    zero) are found now."""
+    window that does not fit, a per-depth k list of the wrong length and a tree with a single leaf
+    (k ** depth = 1: every advantage is zero) are found now."""
     from .registry import build
 
     schedule_cfg, sampler_cfg = cfg.get("schedule"), cfg.get("sampler") or {}
@@ -260,8 +260,9 @@ def check_window(cfg) -> list[str]:
     except (TypeError, ValueError) as error:
         return [f"schedule {dict(schedule_cfg)} with sampler.num_steps={num_steps!r}: {error}"]
     if sampler_cfg.get("type") == "TreeSampler" and plan.num_leaves < 2:
-        return [f"schedule.k={plan.k} with depth={plan.depth} gives k**depth = 1 leaf per prompt: "
-                "every advantage would be zero and nothing would train; set schedule.k >= 2"]
+        return [f"schedule.k={plan.k} with depth={plan.depth} gives 1 leaf per prompt (the product of "
+                "k over the depths): every advantage would be zero and nothing would train; set "
+                "schedule.k >= 2 (or a per-depth list with a product > 1)"]
     return []
 
 

@@ -1,4 +1,5 @@
-"""TreeGRPO rollouts: one shared noise and ODE prefix per prompt, k-way SDE branching in a window."""
+"""TreeGRPO rollouts: one shared noise and ODE prefix per prompt, k-way (or per-depth k_l-way) SDE
+branching in a window."""
 from __future__ import annotations
 
 import torch
@@ -20,10 +21,12 @@ class TreeSampler:
     """Sample one tree per prompt.
 
     Steps ``[0, plan.start)`` are ODE steps on the P roots (the shared prefix, computed once);
-    each step of the window expands every current node into ``plan.k`` children with the SDE
-    kernel, all nodes of that depth across all trees in ONE batched forward (the k children of a
-    node share its model output and differ only in noise); the ``k**depth`` leaves of each tree
-    finish with ODE steps, batched. NFE per tree (no CFG): ``p + sum_l k**(l-1) + k**d * s``.
+    the step of depth ``l`` of the window expands every current node into ``k_l = plan.ks[l]``
+    children with the SDE kernel, all nodes of that depth across all trees in ONE batched forward
+    (the children of a node share its model output and differ only in noise); the
+    ``prod_l k_l`` leaves of each tree finish with ODE steps, batched. NFE per tree (no CFG):
+    ``p + sum_{l<d} prod_{j<l} k_j + prod_l k_l * s`` (``p + sum_l k**(l-1) + k**d * s`` for an
+    int k), doubled with CFG.
 
     Args:
         num_steps: T, the length of the sampling schedule.
@@ -40,7 +43,7 @@ class TreeSampler:
     @torch.no_grad()
     def sample(self, policy, kernel, prompts: list[str], plan,
                generator: PromptNoise | torch.Generator) -> Rollout:
-        """Rollout of ``len(prompts)`` trees under the branching ``plan`` (start, depth, k);
+        """Rollout of ``len(prompts)`` trees under the branching ``plan`` (start, depth, k or ks);
         ``generator``: the noise source (:class:`PromptNoise`, or a generator for one process)."""
         noise_source = as_noise(generator)
         device = next(policy.denoiser.parameters()).device
@@ -62,19 +65,19 @@ class TreeSampler:
         parents.append(torch.full((num_prompts,), -1, dtype=torch.long, device=device))
         log_probs.append(torch.zeros(num_prompts, device=device))
         num_nodes = num_prompts
-        for i in plan_steps:
+        for i, k in zip(plan_steps, plan.ks):
             steps.append(torch.full((frontier.numel(),), i, dtype=torch.long, device=device))
             step = steps[-1]
             out = policy.predict(x, levels[step], index_cond(cond, frontier_prompt), gs)
-            x_rep = x.repeat_interleave(plan.k, dim=0)
-            out_rep = out.repeat_interleave(plan.k, dim=0)
-            step_rep = step.repeat_interleave(plan.k)
+            x_rep = x.repeat_interleave(k, dim=0)
+            out_rep = out.repeat_interleave(k, dim=0)
+            step_rep = step.repeat_interleave(k)
             noise = noise_source.draw(num_prompts, x_rep.shape[0] // num_prompts, policy.latent_shape, device)
             x, log_prob = kernel.sde_step(x_rep, out_rep, levels, step_rep, noise)
             children = torch.arange(num_nodes, num_nodes + x.shape[0], device=device)
             num_nodes += x.shape[0]
-            parents.append(frontier.repeat_interleave(plan.k))
-            frontier_prompt = frontier_prompt.repeat_interleave(plan.k)
+            parents.append(frontier.repeat_interleave(k))
+            frontier_prompt = frontier_prompt.repeat_interleave(k)
             latents.append(x)
             log_probs.append(log_prob.float())
             prompt_ids.append(frontier_prompt)

@@ -2,7 +2,9 @@
 children each node gets there.
 
 Steps ``[start, start + depth)`` are SDE steps (the tree levels); the steps before are the shared
-ODE prefix and the steps after are the ODE suffix of every leaf.
+ODE prefix and the steps after are the ODE suffix of every leaf. ``k`` is an int (the same number
+of children at every depth) or a list/tuple of ``depth`` ints (``k[l]`` children per node of depth
+``l``, e.g. ``k=[4, 2, 2]``: 4 children of each root, then 2 and 2, 16 leaves).
 """
 from __future__ import annotations
 
@@ -20,22 +22,55 @@ def _check_int(key: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_k(k: object, depth: int) -> int | tuple[int, ...]:
+    """``k`` as given if an int >= 1, else a tuple of ``depth`` ints >= 1 whose product is > 1."""
+    if not isinstance(k, (tuple, list)):
+        return _check_int("k", k, 1)
+    if (
+        len(k) != depth
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in k)
+        or _prod(k) < 2
+    ):
+        raise ValueError(
+            f"k must be an integer >= 1 or a list of depth={depth} integers >= 1 (children per "
+            f"node at each depth) whose product is > 1, got k={k!r}"
+        )
+    return tuple(int(v) for v in k)
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
 @dataclass(frozen=True)
 class BranchPlan:
     """The SDE window of one iteration.
 
     start: first SDE step (0-based); depth: number of SDE steps (tree depth d);
-    k: children per node inside the window (1 for flat GRPO chains).
+    k: children per node inside the window (1 for flat GRPO chains), an int for every depth or a
+    tuple of ``depth`` ints (a list is stored as a tuple); ``ks`` is always the per-depth tuple.
     """
 
     start: int
     depth: int
-    k: int
+    k: int | tuple[int, ...]
 
     def __post_init__(self) -> None:
         _check_int("start", self.start, 0)
         _check_int("depth", self.depth, 1)
-        _check_int("k", self.k, 1)
+        object.__setattr__(self, "k", _check_k(self.k, self.depth))
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """Children per node at each depth ``0..depth-1``: ``(k,) * depth`` for an int k."""
+        return self.k if isinstance(self.k, tuple) else (self.k,) * self.depth
+
+    def width(self, level: int) -> int:
+        """Nodes of one tree at depth ``level`` (0 = root): ``prod_{j<level} ks[j]``."""
+        return _prod(self.ks[:level])
 
     @property
     def steps(self) -> range:
@@ -49,26 +84,27 @@ class BranchPlan:
 
     @property
     def num_leaves(self) -> int:
-        """Leaves of one tree: ``k ** depth``."""
-        return self.k**self.depth
+        """Leaves of one tree: ``prod_l ks[l]`` (``k ** depth`` for an int k)."""
+        return self.width(self.depth)
 
     @property
     def num_parents(self) -> int:
-        """Expanded nodes of one tree (one training forward each): ``sum_{l<depth} k ** l``."""
-        return sum(self.k**level for level in range(self.depth))
+        """Expanded nodes of one tree (one training forward each): ``sum_{l<depth} width(l)``."""
+        return sum(self.width(level) for level in range(self.depth))
 
     @property
     def num_edges(self) -> int:
-        """Edges (policy actions) of one tree: ``sum_{l=1..depth} k ** l``."""
-        return sum(self.k**level for level in range(1, self.depth + 1))
+        """Edges (policy actions) of one tree: ``sum_{l=1..depth} width(l)``."""
+        return sum(self.width(level) for level in range(1, self.depth + 1))
 
 
 class Schedule(abc.ABC):
-    """Base class: ``plan(iteration, num_steps, generator) -> BranchPlan``."""
+    """Base class: ``plan(iteration, num_steps, generator) -> BranchPlan``; ``k``: an int or a
+    list of ``depth`` per-depth ints (see the module docstring)."""
 
-    def __init__(self, depth: int, k: int) -> None:
+    def __init__(self, depth: int, k: int | list[int]) -> None:
         self.depth = _check_int("depth", depth, 1)
-        self.k = _check_int("k", k, 1)
+        self.k = _check_k(k, self.depth)
 
     @abc.abstractmethod
     def plan(
@@ -119,7 +155,9 @@ class RandomWindow(Schedule):
     """A window of ``depth`` steps whose start is drawn uniformly each iteration from the
     inclusive ``start_range`` (default ``(0, num_steps - depth)``) with the given generator."""
 
-    def __init__(self, depth: int, k: int, start_range: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, depth: int, k: int | list[int], start_range: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(depth, k)
         self.start_range = _check_start_range(start_range)
 
@@ -138,7 +176,7 @@ class RandomWindow(Schedule):
 class FixedWindow(Schedule):
     """The same window ``[start, start + depth)`` every iteration."""
 
-    def __init__(self, start: int, depth: int, k: int) -> None:
+    def __init__(self, start: int, depth: int, k: int | list[int]) -> None:
         super().__init__(depth, k)
         self.start = _check_int("start", start, 0)
 
@@ -168,7 +206,7 @@ class SlidingWindow(Schedule):
     def __init__(
         self,
         depth: int,
-        k: int,
+        k: int | list[int],
         shift: int = 1,
         every: int = 1,
         start_range: tuple[int, int] | None = None,
@@ -199,7 +237,10 @@ class EveryStep(Schedule):
     depth = num_steps. Use k = 1 (chains); k > 1 makes k ** num_steps leaves."""
 
     def __init__(self, k: int = 1) -> None:
-        self.k = _check_int("k", k, 1)  # the depth is num_steps, known only in plan()
+        if isinstance(k, (tuple, list)):  # one k per depth needs the depth, known only in plan()
+            raise ValueError(f"EveryStep's depth is num_steps (known only at plan time), so k must "
+                             f"be one integer >= 1, not a per-depth list: got k={k!r}")
+        self.k = _check_int("k", k, 1)
 
     def plan(
         self, iteration: int, num_steps: int, generator: torch.Generator | None = None
