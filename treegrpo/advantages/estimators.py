@@ -154,7 +154,8 @@ class TreeBackup(_LeafNormalizer):
         depth_scale: None (off) or a list of factors, one per edge depth (edges leaving the roots
             are depth 0): the advantage of every edge at depth d is multiplied by
             ``depth_scale[d]`` (after ``depth_norm``).
-        eps, global_std, stat_tracking: the leaf normalisation (see :class:`GroupNorm`).
+        eps, global_std, stat_tracking: the leaf normalisation (see :class:`GroupNorm`); ``eps``
+            is also added to the std of ``depth_norm``.
     """
 
     def __init__(self, weighting: str = "mean", eps: float = 1e-6, global_std: bool = False,
