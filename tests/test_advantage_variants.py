@@ -226,3 +226,31 @@ def test_built_from_config():
     est = build(ADVANTAGES, dict(type="TreeBackup", weighting="prob", temperature=0.1,
                                  depth_norm="depth", depth_scale=[1.0, 0.5]))
     assert (est.weighting, est.temperature, est.depth_norm, est.depth_scale) == ("prob", 0.1, "depth", [1.0, 0.5])
+
+
+class TwoRanks:
+    """A RankGroup stand-in: this is rank 0 of 2; the other rank has the same trees and edge
+    advantages larger by 1 (floats), the same depths (longs), or ``other_count`` edges."""
+
+    world_size, rank = 2, 0
+
+    def __init__(self, other_count=None):
+        self.other_count = other_count
+
+    def gather(self, tensor):
+        if tensor.numel() == 1 and not tensor.is_floating_point() and self.other_count is not None:
+            return torch.cat([tensor, torch.tensor([self.other_count])])
+        return torch.cat([tensor, tensor + 1.0 if tensor.is_floating_point() else tensor])
+
+
+def test_depth_norm_uses_the_edges_of_every_process():
+    ro = two_trees()
+    plain = TreeBackup(eps=0.0)(ro, REWARDS).node
+    normed = TreeBackup(depth_norm="depth", eps=0.0)(ro, REWARDS, TwoRanks()).node
+    depth = node_depth(ro.parent, ro.leaf_nodes)
+    for d in (1, 2):
+        base = plain[depth == d]  # pooled with base + 1: mean + 0.5, variance + 0.25
+        expected = (base - base.mean() - 0.5) / (base.var(unbiased=False) + 0.25).sqrt()
+        assert torch.allclose(normed[depth == d], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="processes have different numbers of edges"):
+        TreeBackup(depth_norm="depth")(ro, REWARDS, TwoRanks(other_count=5))
