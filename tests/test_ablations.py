@@ -17,6 +17,9 @@ EXPECTED = {
     "treegrpo_toy_shapes_sliding_window.py": {
         "schedule.type": "SlidingWindow", "schedule.shift": 1, "schedule.every": 4},
     "treegrpo_toy_shapes_mean_backup.py": {"advantage.weighting": "mean"},
+    "treegrpo_toy_shapes_prob_t01.py": {"advantage.temperature": 0.1},
+    "treegrpo_toy_shapes_sum_backup.py": {"advantage.weighting": "sum"},
+    "treegrpo_toy_shapes_depth_norm.py": {"advantage.depth_norm": "depth"},
     "treegrpo_toy_shapes_eta05.py": {"kernel.eta": 0.5},
     "treegrpo_toy_shapes_eta1.py": {"kernel.eta": 1.0},
     # per-depth k (a list replaces the base int k = 2)

@@ -153,7 +153,7 @@ def test_backup_errors():
         backup_tree_advantages(long([-1, 0, 1]), long([1, 2]), t([1.0, 2.0]), zeros3, "mean")
     with pytest.raises(ValueError, match=r"nodes \[2\] are not leaves and have no children"):
         backup_tree_advantages(long([-1, 0, 0]), long([1]), t([1.0]), zeros3, "mean")
-    with pytest.raises(ValueError, match=r"weighting must be one of \('mean', 'prob'\)"):
+    with pytest.raises(ValueError, match=r"weighting must be one of \('mean', 'prob', 'sum'\)"):
         backup_tree_advantages(long([-1, 0]), long([1]), t([1.0]), zeros3[:2], "max")
     with pytest.raises(ValueError, match="parents must|listed before its child"):
         backup_tree_advantages(long([1, -1]), long([0]), t([1.0]), zeros3[:2], "mean")
@@ -229,7 +229,7 @@ def test_estimator_errors():
     rollout = forest(BIN_PARENT.tolist(), BIN_LEAVES.tolist(), [0] * 7)
     with pytest.raises(ValueError, match="GroupNorm needs flat rollouts"):
         GroupNorm()(rollout, t([1.0, 2.0, 3.0, 4.0]))
-    with pytest.raises(ValueError, match=r"weighting must be one of \('mean', 'prob'\), got 'max'"):
+    with pytest.raises(ValueError, match=r"weighting must be one of \('mean', 'prob', 'sum'\), got 'max'"):
         TreeBackup(weighting="max")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         GroupNorm(eps=-1.0)

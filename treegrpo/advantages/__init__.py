@@ -5,6 +5,10 @@ from treegrpo.advantages.functional import (
     backup_tree_advantages,
     group_normalize,
     leaf_of_nodes,
+    node_depth,
+    node_groups,
+    normalize_per_group,
+    scale_by_depth,
 )
 
 __all__ = [
@@ -15,4 +19,8 @@ __all__ = [
     "backup_tree_advantages",
     "group_normalize",
     "leaf_of_nodes",
+    "node_depth",
+    "node_groups",
+    "normalize_per_group",
+    "scale_by_depth",
 ]

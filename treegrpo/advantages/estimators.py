@@ -2,15 +2,19 @@
 
 An estimator accepts any object with the attributes ``parent [N]``, ``log_prob [N]``,
 ``leaf_nodes [L]`` and ``leaf_prompt_index [L]`` (a :class:`treegrpo.rollout.Rollout`, or a
-``types.SimpleNamespace`` in tests). Groups for normalisation are the prompts of the leaves.
+``types.SimpleNamespace`` in tests); ``TreeBackup(weighting='sum')`` also needs the number of
+elements of one latent: the attribute ``num_elements`` if the object has one, else
+``latents[0].numel()``. Groups for normalisation are the prompts of the leaves.
 The advantage of the edge parent -> n is ``Advantages.node[n]``; the edges of a rollout are
 ``rollout.edge_nodes``, so the per-edge advantages are ``adv.node[rollout.edge_nodes]``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from treegrpo.advantages.functional import (
@@ -18,6 +22,10 @@ from treegrpo.advantages.functional import (
     backup_tree_advantages,
     group_normalize,
     leaf_of_nodes,
+    node_depth,
+    node_groups,
+    normalize_per_group,
+    scale_by_depth,
 )
 from treegrpo.advantages.distributed import SINGLE_PROCESS, RankGroup, gathered_rewards, track_globally
 from treegrpo.advantages.stat_tracking import PromptStatTracker
@@ -102,30 +110,105 @@ class GroupNorm(_LeafNormalizer):
         return Advantages(node=leaf_adv[leaf_of], leaf=leaf_adv, zero_std_groups=zero_std)
 
 
+DEPTH_NORMS = (None, "depth", "prompt_depth")
+
+
+def _num_elements(rollout: Any) -> int:
+    """Elements of one latent (C*H*W): ``rollout.num_elements`` or ``rollout.latents[0].numel()``."""
+    if getattr(rollout, "num_elements", None) is not None:
+        return int(rollout.num_elements)
+    if getattr(rollout, "latents", None) is None:
+        raise ValueError("weighting='sum' needs the rollout's latents [N, ...] or a num_elements attribute")
+    return int(rollout.latents[0].numel())
+
+
+def _gather_same_size(tensor: Tensor, group: RankGroup) -> Tensor:
+    """[n] on every rank -> [world_size * n]; refuses ranks with different n."""
+    if group.world_size == 1:
+        return tensor
+    counts = group.gather(torch.tensor([tensor.numel()], device=tensor.device))
+    if bool((counts != tensor.numel()).any()):
+        raise ValueError(f"processes have different numbers of edges {counts.tolist()}: "
+                         "depth_norm='depth' needs the same trees on every process")
+    return group.gather(tensor)
+
+
 @ADVANTAGES.register_module()
 class TreeBackup(_LeafNormalizer):
-    """TreeGRPO: group-normalised leaf advantages backed up the tree.
+    """TreeGRPO: group-normalised leaf advantages backed up the tree, then optionally reshaped
+    per depth.
 
-    ``weighting='mean'`` averages the children uniformly; ``'prob'`` weights them by a softmax of
-    their edge log-probs (the paper's probability-weighted backup).
+    Args:
+        weighting: ``'mean'`` averages the children uniformly; ``'prob'`` weights them by
+            ``softmax(log_prob / temperature)`` over the siblings (the paper's probability-weighted
+            backup); ``'sum'`` by ``softmax(log_prob * D / temperature)``, D = elements of a
+            latent (the summed log-prob). Log-probs are means over D, so 'prob' weights are ~1/k
+            (the same as 'mean' in practice) and 'sum' weights near one-hot; the temperature
+            interpolates (``math.inf`` gives 'mean'). See :func:`backup_tree_advantages`.
+        temperature: > 0; 1.0 (default) is today's 'prob' exactly.
+        depth_norm: None (off, default); ``'depth'``: the advantages of all edges at one depth
+            are normalised to zero mean / unit std over the whole iteration (every prompt and
+            process; BranchGRPO's depth-wise normalisation); ``'prompt_depth'``: within one prompt's
+            tree and depth (with k=2 the depth-1 edges of a tree become +-1: only signs survive).
+            Roots are not edges and keep their backed-up value.
+        depth_scale: None (off) or a list of factors, one per edge depth (edges leaving the roots
+            are depth 0): the advantage of every edge at depth d is multiplied by
+            ``depth_scale[d]`` (after ``depth_norm``).
+        eps, global_std, stat_tracking: the leaf normalisation (see :class:`GroupNorm`); ``eps``
+            is also added to the std of ``depth_norm``.
     """
 
     def __init__(self, weighting: str = "mean", eps: float = 1e-6, global_std: bool = False,
-                 stat_tracking: dict | None = None) -> None:
+                 stat_tracking: dict | None = None, temperature: float = 1.0,
+                 depth_norm: str | None = None, depth_scale: list[float] | None = None) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a number > 0 (math.inf allowed), got {temperature!r}")
+        if depth_norm not in DEPTH_NORMS:
+            raise ValueError(f"depth_norm must be one of {DEPTH_NORMS}, got {depth_norm!r}")
+        if depth_scale is not None:
+            if (not isinstance(depth_scale, (list, tuple)) or not depth_scale
+                    or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f)
+                               for f in depth_scale)):
+                raise ValueError(f"depth_scale must be None or a non-empty list of finite numbers, "
+                                 f"got {depth_scale!r}")
+            depth_scale = [float(f) for f in depth_scale]
         super().__init__(eps, global_std, stat_tracking)
-        self.weighting = weighting
+        self.weighting, self.temperature = weighting, float(temperature)
+        self.depth_norm, self.depth_scale = depth_norm, depth_scale
 
     def __call__(self, rollout: Any, rewards: Tensor, group: RankGroup = SINGLE_PROCESS) -> Advantages:
         """rewards [L] -> Advantages(node [N], leaf [L], zero_std_groups); ``group``: the
-        processes whose rewards the global statistics use (the runner's)."""
+        processes whose rewards (and, for depth_norm='depth', edge advantages) the global
+        statistics use (the runner's)."""
         _check_rewards(rollout, rewards)
         leaf_adv, zero_std = self.normalize_leaves(rollout, rewards, group)
+        num_elements = _num_elements(rollout) if self.weighting == "sum" else None
         node_adv = backup_tree_advantages(
-            rollout.parent, rollout.leaf_nodes, leaf_adv, rollout.log_prob, self.weighting
+            rollout.parent, rollout.leaf_nodes, leaf_adv, rollout.log_prob, self.weighting,
+            self.temperature, num_elements,
         )
+        if self.depth_norm is not None or self.depth_scale is not None:
+            node_adv = self._reshape(rollout, node_adv, group)
         return Advantages(node=node_adv, leaf=leaf_adv, zero_std_groups=zero_std)
+
+    def _reshape(self, rollout: Any, node_adv: Tensor, group: RankGroup) -> Tensor:
+        """Depth normalisation, then depth scaling, of the edge advantages (roots unchanged)."""
+        depth = node_depth(rollout.parent, rollout.leaf_nodes)
+        edge = torch.nonzero(depth > 0).flatten()
+        if self.depth_norm == "depth":
+            pool_adv = _gather_same_size(node_adv[edge], group)
+            pool_depth = _gather_same_size(depth[edge], group)
+            normed = normalize_per_group(node_adv[edge], depth[edge], self.eps, pool_adv, pool_depth)
+            node_adv = node_adv.index_copy(0, edge, normed)
+        elif self.depth_norm == "prompt_depth":
+            prompt = node_groups(rollout.parent, rollout.leaf_nodes, rollout.leaf_prompt_index)
+            key = prompt[edge] * (int(depth.max()) + 1) + depth[edge]
+            node_adv = node_adv.index_copy(0, edge, normalize_per_group(node_adv[edge], key, self.eps))
+        if self.depth_scale is not None:
+            node_adv = scale_by_depth(node_adv, depth, self.depth_scale)
+        return node_adv
 
 
 __all__ = ["Advantages", "GroupNorm", "PromptStatTracker", "TreeBackup"]

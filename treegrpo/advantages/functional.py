@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-WEIGHTINGS = ("mean", "prob")
+WEIGHTINGS = ("mean", "prob", "sum")
 
 
 def group_normalize(
@@ -107,6 +107,8 @@ def backup_tree_advantages(
     leaf_adv: torch.Tensor,
     log_prob: torch.Tensor,
     weighting: str = "mean",
+    temperature: float = 1.0,
+    num_elements: int | None = None,
 ) -> torch.Tensor:
     """Back leaf advantages up a forest: ``A(node) = sum_c w_c A(c)`` over its children.
 
@@ -115,8 +117,15 @@ def backup_tree_advantages(
         leaf_nodes: [L] long node id of each leaf.
         leaf_adv: [L] float advantage of each leaf.
         log_prob: [N] float log-prob of the edge parent -> node (ignored for roots).
-        weighting: ``'mean'`` (uniform ``w_c = 1/k``) or ``'prob'`` (``w = softmax`` of the
-            siblings' log-probs).
+        weighting: ``'mean'`` (uniform ``w_c = 1/k``), ``'prob'`` (``w = softmax(log_prob / T)``
+            over the siblings) or ``'sum'`` (``w = softmax(log_prob * num_elements / T)``).
+            ``log_prob`` is a mean over the latent's elements (Flow-GRPO's convention), so sibling
+            differences are ~1/sqrt(D) and 'prob' weights are within a few % of 1/k ('prob' ==
+            'mean' in practice); 'sum' uses the summed log-prob, whose differences are ~sqrt(D),
+            so its weights are near one-hot. ``T`` interpolates: T -> inf gives 'mean'.
+        temperature: ``T > 0`` (``math.inf`` allowed) for 'prob' and 'sum'; 1.0 is the plain
+            softmax (the result is then bit-identical to the function without a temperature).
+        num_elements: elements per latent (``C*H*W``), required by 'sum'.
 
     Returns:
         node_adv [N] (dtype of ``leaf_adv``): leaves keep their advantage, internal nodes the
@@ -133,8 +142,12 @@ def backup_tree_advantages(
     if not bool(torch.isfinite(leaf_adv).all()):
         raise ValueError("leaf_adv must be finite")
     depth, _ = _check_forest(parent, leaf_nodes)
-    if weighting == "prob" and not bool(torch.isfinite(log_prob[parent >= 0]).all()):
-        raise ValueError("weighting='prob' needs finite log_prob on every edge")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):  # also refuses NaN
+        raise ValueError(f"temperature must be a number > 0 (math.inf allowed), got {temperature!r}")
+    if weighting == "sum" and not (isinstance(num_elements, int) and num_elements > 0):
+        raise ValueError(f"weighting='sum' needs num_elements, a positive int, got {num_elements!r}")
+    if weighting != "mean" and not bool(torch.isfinite(log_prob[parent >= 0]).all()):
+        raise ValueError(f"weighting={weighting!r} needs finite log_prob on every edge")
 
     num_nodes = parent.numel()
     node_adv = torch.zeros(num_nodes, dtype=leaf_adv.dtype, device=leaf_adv.device)
@@ -147,6 +160,10 @@ def backup_tree_advantages(
             weight = torch.ones(child.numel(), dtype=leaf_adv.dtype, device=leaf_adv.device)
         else:
             lp = log_prob[child].to(leaf_adv.dtype)
+            if weighting == "sum":
+                lp = lp * num_elements
+            if temperature != 1.0:  # skipped at 1.0 so the default stays bit-identical
+                lp = lp / temperature  # inf -> all zeros -> uniform weights
             peak = torch.full((num_nodes,), -torch.inf, dtype=lp.dtype, device=lp.device)
             peak = peak.scatter_reduce(0, par, lp, reduce="amax")
             weight = torch.exp(lp - peak[par])  # stable softmax numerator, max term is 1
@@ -180,3 +197,85 @@ def leaf_of_nodes(parent: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tenso
         child = torch.nonzero(depth == level).flatten()
         result[parent[child]] = result[child]  # one child per node: no write conflicts
     return result
+
+
+def node_depth(parent: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tensor:
+    """[N] long depth of each node (roots 0) of a validated forest. The edge parent -> n lies at
+    depth ``node_depth[n] - 1`` (edges leaving the roots are at depth 0)."""
+    return _check_forest(parent, leaf_nodes)[0]
+
+
+def node_groups(parent: torch.Tensor, leaf_nodes: torch.Tensor, leaf_groups: torch.Tensor) -> torch.Tensor:
+    """[N] long group (prompt) of each node, taken from the leaves below it.
+
+    Args:
+        parent: [N] long; leaf_nodes: [L] long; leaf_groups: [L] long group of each leaf.
+
+    Raises ValueError if two leaves below one node have different groups.
+    """
+    if leaf_groups.shape != leaf_nodes.shape:
+        raise ValueError(f"leaf_groups must have the shape of leaf_nodes {tuple(leaf_nodes.shape)}, "
+                         f"got {tuple(leaf_groups.shape)}")
+    depth = node_depth(parent, leaf_nodes)
+    lo = torch.full_like(parent, torch.iinfo(torch.long).max)
+    hi = torch.full_like(parent, torch.iinfo(torch.long).min)
+    lo[leaf_nodes] = leaf_groups.to(parent)
+    hi[leaf_nodes] = leaf_groups.to(parent)
+    for level in range(int(depth.max()) if parent.numel() else 0, 0, -1):
+        child = torch.nonzero(depth == level).flatten()
+        lo = lo.scatter_reduce(0, parent[child], lo[child], reduce="amin")
+        hi = hi.scatter_reduce(0, parent[child], hi[child], reduce="amax")
+    if bool((lo != hi).any()):
+        raise ValueError("leaves of different groups share an ancestor")
+    return lo
+
+
+def normalize_per_group(
+    values: torch.Tensor,
+    groups: torch.Tensor,
+    eps: float = 1e-6,
+    pool_values: torch.Tensor | None = None,
+    pool_groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(v - mean_g) / (std_g + eps)`` with the population mean/std of each group ``g``.
+
+    Args:
+        values: [E] float; groups: [E] long group id of each value.
+        pool_values, pool_groups: [M] the values the statistics are taken over (e.g. those of
+            every process; must contain every group of ``groups``); default ``values, groups``.
+
+    Returns:
+        [E]; groups whose pooled values are all equal get 0.
+    """
+    if pool_values is None:
+        pool_values, pool_groups = values, groups
+    if values.numel() == 0:
+        return values.clone()
+    ids, inverse = torch.unique(torch.cat([groups, pool_groups.to(groups)]), return_inverse=True)
+    own, pool = inverse[: groups.numel()], inverse[groups.numel():]
+    pool_values = pool_values.to(values)
+    count = torch.zeros(ids.numel(), dtype=values.dtype, device=values.device)
+    count.index_add_(0, pool, torch.ones_like(pool_values))
+    if bool((count[own] == 0).any()):
+        raise ValueError("pool_groups must contain every group of groups")
+    mean = torch.zeros_like(count).index_add_(0, pool, pool_values) / count.clamp(min=1)
+    var = torch.zeros_like(count).index_add_(0, pool, (pool_values - mean[pool]).pow(2)) / count.clamp(min=1)
+    gmax = torch.full_like(count, -torch.inf).scatter_reduce(0, pool, pool_values, reduce="amax")
+    gmin = torch.full_like(count, torch.inf).scatter_reduce(0, pool, pool_values, reduce="amin")
+    out = (values - mean[own]) / (var.sqrt()[own] + eps)
+    return torch.where((gmax == gmin)[own], torch.zeros_like(out), out)
+
+
+def scale_by_depth(node_adv: torch.Tensor, depth: torch.Tensor, depth_scale: list[float]) -> torch.Tensor:
+    """Multiply the advantage of each edge parent -> n by ``depth_scale[depth[n] - 1]``.
+
+    Args:
+        node_adv: [N] float; depth: [N] long (:func:`node_depth`); depth_scale: one factor per
+            edge depth, at least ``depth.max()`` of them. Roots (depth 0) are left unchanged.
+    """
+    max_depth = int(depth.max()) if depth.numel() else 0
+    if len(depth_scale) < max_depth:
+        raise ValueError(f"depth_scale has {len(depth_scale)} factors but the tree has edges at "
+                         f"{max_depth} depths")
+    factor = torch.tensor([1.0, *depth_scale], dtype=node_adv.dtype, device=node_adv.device)
+    return node_adv * factor[depth]
