@@ -9,6 +9,7 @@
 The training config then names ``reward = dict(type='HTTPReward', url='http://HOST:8000/')``
 (plus ``secret_env='TREEGRPO_REWARD_SECRET'`` when the server has a secret). Requests are scored
 one at a time (a lock around the reward); ``GET`` answers ``{"reward": "<repr>", "status": "ok"}``.
+A request's optional ``metadata`` (one JSON object per image, 64 KiB each) goes to rewards that accept it.
 
 Limits (each refusal is a 4xx JSON error naming the flag that raises it): ``--max-body-mb``,
 ``--max-images`` per request, ``--max-pixels`` decoded per request (checked from the PNG headers
