@@ -198,7 +198,8 @@ def test_toy_run_on_a_jsonl_file_with_the_metadata_reward_trains(tmp_path):
         f"train_dataset = dict(_delete_=True, type='PromptFile', path={prompts!r})\n"
         "reward = dict(_delete_=True, type='ToyMetadataReward')\n"
         "max_iters = 2\nprompts_per_iter = 2\nsampler = dict(num_steps=6)\n"
-        "hooks = [dict(type='LoggerHook', interval=1)]\n")
+        "hooks = [dict(type='LoggerHook', interval=1), dict(type='EvalHook', interval=2, num_prompts=3,\n"
+        f"         grid_size=3, dataset=dict(type='PromptFile', path={prompts!r}))]\n")
     runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if "reward/mean" in r]
@@ -206,6 +207,8 @@ def test_toy_run_on_a_jsonl_file_with_the_metadata_reward_trains(tmp_path):
     for record in train:
         assert 0.0 < record["reward/mean"] < 1.0
         assert torch.isfinite(torch.tensor(record["losses/loss"]))
+    evals = [r for r in log if "eval/reward_mean" in r]  # EvalHook passes the records' fields too
+    assert len(evals) == 2 and all(0.0 < r["eval/reward_mean"] < 1.0 for r in evals)
 
 
 # ------------------------------------------------------------------ HTTP and eval
