@@ -10,6 +10,7 @@ so an image and its scores do not depend on ``--batch-size`` or on the other pro
 Reward names (comma separated) are looked up in this order: an entry of the config's optional
 ``eval_rewards`` dict (name -> reward config, e.g. ``hps=dict(type='HPSv2', checkpoint=...)``),
 ``reward`` = the config's training reward, or a registered REWARDS type built with default args.
+A .jsonl prompt file's other fields reach the rewards that accept ``metadata``.
 Writes ``<out>/metrics.md`` (table: reward, mean, std, n), ``metrics.csv``, ``metrics.json``
 (settings and per-prompt scores) and ``grid.png``, and prints the table.
 """
@@ -32,7 +33,7 @@ from treegrpo.datasets.prompt_file import read_prompt_file  # noqa: E402
 from treegrpo.hooks.evaluation import generate, per_prompt_noise  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, build, registered_names  # noqa: E402
-from treegrpo.rewards.base import check_rewards, load_reward_weights  # noqa: E402
+from treegrpo.rewards.base import check_rewards, load_reward_weights, metadata_caller  # noqa: E402
 from treegrpo.benchmarking import PAPER_REWARD_MAX, normalized_reward  # noqa: E402
 from treegrpo.utils import derive_seed, image_grid  # noqa: E402
 
@@ -112,14 +113,17 @@ def build_rewards(configs: dict[str, dict]) -> dict:
 
 
 def score(reward, name: str, images: torch.Tensor, prompts: list[str], batch_size: int,
-          device: torch.device | str = "cpu") -> torch.Tensor:
+          device: torch.device | str = "cpu", metadata: list[dict] | None = None) -> torch.Tensor:
     """Scores [P] float32 (checked by check_rewards), ``batch_size`` images per reward call; the
-    images go to ``device`` (the policy's), where rewards without a device of their own run."""
+    images go to ``device`` (the policy's), where rewards without a device of their own run.
+    ``metadata`` (P dicts: the prompt records' other fields) goes to rewards that accept it."""
+    call = metadata_caller(reward)
     parts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
+        meta = None if metadata is None else metadata[start:start + batch_size]
         with torch.no_grad():
-            out = reward(images[start:start + batch_size].to(device), chunk)
+            out = call(images[start:start + batch_size].to(device), chunk, meta)
         parts.append(check_rewards(out, len(chunk), name))
     return torch.cat(parts)
 
@@ -185,7 +189,7 @@ def main(argv=None) -> dict:
     if not names:
         raise ValueError(f"--rewards must name at least one reward, got {args.rewards!r}")
     configs = reward_configs(names, cfg)
-    prompts, _ = read_prompt_file(args.prompts)
+    prompts, metadata = read_prompt_file(args.prompts)
     baseline = read_baseline(args.baseline) if args.baseline else None
     rewards = build_rewards(configs)
     for name, reward in rewards.items():
@@ -206,7 +210,7 @@ def main(argv=None) -> dict:
     images = generate(policy, kernel, prompts, num_steps, guidance, args.seed, chunk_size=args.batch_size,
                       noise=noise, image_device="cpu")
     device = next(policy.denoiser.parameters()).device
-    scores = {name: score(reward, name, images, prompts, args.batch_size, device)
+    scores = {name: score(reward, name, images, prompts, args.batch_size, device, metadata)
               for name, reward in rewards.items()}
 
     rows = summarize(scores)

@@ -9,6 +9,7 @@
 The training config then names ``reward = dict(type='HTTPReward', url='http://HOST:8000/')``
 (plus ``secret_env='TREEGRPO_REWARD_SECRET'`` when the server has a secret). Requests are scored
 one at a time (a lock around the reward); ``GET`` answers ``{"reward": "<repr>", "status": "ok"}``.
+A request's optional ``metadata`` (one JSON object per image, 64 KiB each) goes to rewards that accept it.
 
 Limits (each refusal is a 4xx JSON error naming the flag that raises it): ``--max-body-mb``,
 ``--max-images`` per request, ``--max-pixels`` decoded per request (checked from the PNG headers
@@ -43,7 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing (plugins
 import torch  # noqa: E402
 
 from treegrpo.registry import REWARDS, build  # noqa: E402
-from treegrpo.rewards.base import check_rewards  # noqa: E402
+from treegrpo.rewards.base import MAX_METADATA_BYTES, check_rewards, metadata_caller  # noqa: E402
 from treegrpo.rewards.http import (SECRET_HEADER, ImageLimitError, decode_png,  # noqa: E402
                                    read_secret)
 from treegrpo.utils import parse_json_object  # noqa: E402
@@ -77,10 +78,25 @@ class OverLimit(ValueError):
     """The request is larger than a server limit (answered with 413, naming the flag)."""
 
 
-def parse_request(body: bytes, limits: Limits = Limits()) -> tuple[torch.Tensor, list[str]]:
-    """Request body -> (images [L, 3, H, W] float32 in [0, 1], L prompts). BadRequest if
-    malformed, OverLimit if it has more images or pixels than ``limits`` allow (checked before
-    any image is decoded)."""
+def parse_metadata(metadata, count: int) -> list[dict] | None:
+    """The request's optional ``metadata``: None, or a list of ``count`` JSON objects of at most
+    MAX_METADATA_BYTES each (OverLimit above that, BadRequest if malformed)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, list) or len(metadata) != count or not all(isinstance(m, dict) for m in metadata):
+        raise BadRequest(f"'metadata' must be a list of {count} JSON objects (one per image)")
+    for index, meta in enumerate(metadata):
+        size = len(json.dumps(meta, separators=(",", ":")).encode("utf-8"))
+        if size > MAX_METADATA_BYTES:
+            raise OverLimit(f"metadata[{index}] is {size} bytes as JSON, over the limit of "
+                            f"{MAX_METADATA_BYTES} bytes per image")
+    return metadata
+
+
+def parse_request(body: bytes, limits: Limits = Limits()) -> tuple[torch.Tensor, list[str], list[dict] | None]:
+    """Request body -> (images [L, 3, H, W] float32 in [0, 1], L prompts, L metadata dicts or
+    None when the request has none). BadRequest if malformed, OverLimit if it has more images or
+    pixels than ``limits`` allow (checked before any image is decoded) or too large metadata."""
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -99,8 +115,9 @@ def parse_request(body: bytes, limits: Limits = Limits()) -> tuple[torch.Tensor,
     if len(images) > limits.max_images:
         raise OverLimit(f"the request has {len(images)} images, over the server's limit of "
                         f"{limits.max_images} per request (--max-images)")
+    metadata = parse_metadata(data.get("metadata"), len(prompts))
     try:
-        return decode_png(images, max_pixels=limits.max_pixels), prompts
+        return decode_png(images, max_pixels=limits.max_pixels), prompts, metadata
     except ImageLimitError as err:
         raise OverLimit(f"{err} (--max-pixels)") from None
     except ValueError as err:
@@ -201,7 +218,7 @@ class RewardHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(length)
             if len(body) < length:  # the client closed the connection: nobody to answer
                 return
-            images, prompts = parse_request(body, limits)
+            images, prompts, metadata = parse_request(body, limits)
         except OverLimit as err:
             self.send_json(413, {"error": f"{err}; send fewer or smaller images per request "
                                           f"(HTTPReward batch_size) or raise that flag"})
@@ -211,7 +228,7 @@ class RewardHandler(BaseHTTPRequestHandler):
             return
         try:
             with self.server.lock, torch.no_grad():
-                scores = self.server.reward(images, prompts)
+                scores = self.server.call_reward(images, prompts, metadata)
                 scores = check_rewards(scores, len(prompts), self.server.reward_name)
         except Exception as err:  # a failing reward is the server's fault: 500, client retries
             traceback.print_exc()
@@ -318,6 +335,7 @@ def make_server(reward, host: str = "127.0.0.1", port: int = 8000, quiet: bool =
     reward = build(REWARDS, reward)
     server = PooledHTTPServer((host, port), handler, limits.workers, limits.queue)
     server.reward, server.lock, server.quiet = reward, threading.Lock(), quiet
+    server.call_reward = metadata_caller(reward)  # the request's metadata, if the reward takes it
     server.limits, server.secret = limits, secret
     server.reward_name = getattr(reward, "name", type(reward).__name__)
     return server

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from .advantages.distributed import RankGroup
 from .checkpoint import clean_partial_checkpoints, resume_unsharded, save_unsharded
 from .config_check import validate_config
+from .datasets import dataset_record
 from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
                           make_accelerator)
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
-from .rewards.base import RewardError, check_rewards, load_reward_weights
+from .rewards.base import RewardError, check_rewards, load_reward_weights, metadata_caller
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
@@ -109,6 +110,7 @@ class Runner:
         self.sampler = build(SAMPLERS, cfg.sampler)
         self.reward = build(REWARDS, cfg.reward)
         self.reward_name = cfg.reward["type"]
+        self.call_reward = metadata_caller(self.reward)  # metadata only if its signature takes it
         load_reward_weights(self.reward)  # missing reward weights fail here, not after the first rollout
         self.advantage = build(ADVANTAGES, cfg.advantage)
         self.loss = build(LOSSES, cfg.loss)
@@ -186,14 +188,16 @@ class Runner:
         """One iteration: sample rollouts, score leaves, compute advantages, update the policy."""
         times: dict[str, float] = {}
         start = time.perf_counter()
-        prompts = self.prompts_for(iteration)
+        records = self.prompts_for(iteration, records=True)
+        prompts = [record.pop("prompt") for record in records]  # records keep the other fields
         plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
 
         with self.phase(times, "sample"):
             self.train_model.eval()
             rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration))
         with self.phase(times, "reward"):
-            rewards = self.score(rollout.images, rollout.leaf_prompts).to(self.device)
+            leaf_metadata = [records[i] for i in rollout.leaf_prompt_index.tolist()]
+            rewards = self.score(rollout.images, rollout.leaf_prompts, leaf_metadata).to(self.device)
             all_rewards = self.accelerator.gather(rewards).float().cpu()
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
@@ -234,18 +238,20 @@ class Runner:
         return timer(times, name, self.device)
 
     # ------------------------------------------------------------------ pieces of an iteration
-    def prompts_for(self, iteration: int) -> list[str]:
-        """This rank's share of the iteration's prompt batch (the same global batch on all ranks)."""
+    def prompts_for(self, iteration: int, records: bool = False) -> list:
+        """This rank's share of the iteration's prompt batch (the same global batch on all ranks):
+        prompt strings, or with ``records=True`` the records ``{'prompt', **fields}``."""
         gen = self.generator("prompts", iteration, rank=0)
         indices = torch.randint(len(self.train_dataset), (self.prompts_per_iter,), generator=gen)
-        return [self.train_dataset[i] for i in indices[self.rank :: self.world_size].tolist()]
+        get = (lambda i: dataset_record(self.train_dataset, i)) if records else self.train_dataset.__getitem__
+        return [get(i) for i in indices[self.rank :: self.world_size].tolist()]
 
-    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         """Reward of each leaf [L]. A reward that fails or returns a wrong shape, NaN or inf on any
         process stops every process (the failing one re-raises its own error; none hangs)."""
         error: Exception | None = None
         try:
-            rewards = check_rewards(self.reward(images, prompts), len(prompts), self.reward_name)
+            rewards = check_rewards(self.call_reward(images, prompts, metadata), len(prompts), self.reward_name)
         except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
             error, rewards = exc, torch.zeros(len(prompts))
         failed = self.accelerator.gather(torch.tensor([float(error is not None)], device=self.device))

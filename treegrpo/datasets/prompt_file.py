@@ -1,6 +1,9 @@
 """Prompt sources read from a file (``.txt`` / ``.jsonl``) or listed inline in a config.
 
-Every dataset is a sequence of prompt strings: ``len(ds)`` and ``ds[i] -> str``.
+Every dataset is a sequence of prompt strings: ``len(ds)`` and ``ds[i] -> str``; a dataset may
+also give records ``ds.record(i) -> {'prompt': str, **fields}`` (:func:`dataset_record` falls back
+to ``{'prompt': ds[i]}``). A jsonl row keeps all its fields; rewards that accept ``metadata``
+receive the fields of each leaf's record.
 """
 from __future__ import annotations
 
@@ -12,6 +15,35 @@ from typing import Any, Iterator, Sequence
 from treegrpo.registry import DATASETS
 
 SUFFIXES = (".txt", ".jsonl")
+MAX_RECORD_BYTES = 64 << 10  # one record as compact JSON
+
+
+def validate_record(record: Any, where: str) -> dict[str, Any]:
+    """Check one record and return a copy with the prompt stripped: a dict with a non-empty
+    string 'prompt', every field JSON-serialisable, at most MAX_RECORD_BYTES as JSON.
+    ``where`` (e.g. ``"data.jsonl: line 3"``) starts every error message."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} must be a JSON object with a 'prompt' key, "
+                         f"got {type(record).__name__}")
+    if "prompt" not in record:
+        raise ValueError(f"{where} has no 'prompt' key (keys: {sorted(map(str, record))})")
+    prompt = record["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {prompt!r}")
+    try:
+        size = len(json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: every field must be JSON-serialisable ({err})") from None
+    if size > MAX_RECORD_BYTES:
+        raise ValueError(f"{where}: the record is {size} bytes as JSON, more than the "
+                         f"{MAX_RECORD_BYTES} allowed; keep large data in files and put paths here")
+    return {**record, "prompt": prompt.strip()}
+
+
+def dataset_record(dataset: Any, index: int) -> dict[str, Any]:
+    """``dataset.record(index)`` when the dataset has records, else ``{'prompt': dataset[index]}``."""
+    record = getattr(dataset, "record", None)
+    return dict(record(index)) if callable(record) else {"prompt": dataset[index]}
 
 
 def split_lines(data: bytes) -> list[bytes]:
@@ -47,21 +79,8 @@ def parse_json_line(text: str, path: str, line_number: int) -> tuple[str, dict[s
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: line {line_number} is not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict):
-        raise ValueError(
-            f"{path}: line {line_number} must be a JSON object with a 'prompt' key, "
-            f"got {type(record).__name__}"
-        )
-    if "prompt" not in record:
-        raise ValueError(
-            f"{path}: line {line_number} has no 'prompt' key (keys: {sorted(record)})"
-        )
-    prompt = record.pop("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(
-            f"{path}: line {line_number}: 'prompt' must be a non-empty string, got {prompt!r}"
-        )
-    return prompt.strip(), record
+    record = validate_record(record, f"{path}: line {line_number}")
+    return record.pop("prompt"), record
 
 
 def read_prompt_file(path: str | os.PathLike) -> tuple[list[str], list[dict[str, Any]]]:
@@ -112,6 +131,10 @@ class _PromptSequence:
     def __getitem__(self, index: int) -> str:
         return self.prompts[index]
 
+    def record(self, index: int) -> dict[str, Any]:
+        """``{'prompt': prompts[index], **metadata[index]}`` (a new dict)."""
+        return {"prompt": self.prompts[index], **self.metadata[index]}
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.prompts)
 
@@ -136,17 +159,25 @@ class PromptFile(_PromptSequence):
 
 @DATASETS.register_module()
 class PromptList(_PromptSequence):
-    """Prompts listed inline in a config: ``dict(type='PromptList', prompts=['a cat', ...])``."""
+    """Prompts listed inline in a config: ``dict(type='PromptList', prompts=['a cat', ...])``;
+    an entry may be a record ``{'prompt': 'a cat', 'colour': 'red'}`` whose other keys are kept
+    in ``metadata[i]``."""
 
-    def __init__(self, prompts: Sequence[str]) -> None:
+    def __init__(self, prompts: Sequence[str | dict[str, Any]]) -> None:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise ValueError(f"prompts must be a list of strings, got {prompts!r}")
         if len(prompts) == 0:
             raise ValueError("prompts must hold at least one prompt, got an empty list")
+        self.prompts, self.metadata = [], []
         for index, prompt in enumerate(prompts):
+            if isinstance(prompt, dict):
+                record = validate_record(prompt, f"prompts[{index}]")
+                self.prompts.append(record.pop("prompt"))
+                self.metadata.append(record)
+                continue
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(
-                    f"prompts[{index}] must be a non-empty string, got {prompt!r}"
+                    f"prompts[{index}] must be a non-empty string or a record dict, got {prompt!r}"
                 )
-        self.prompts = [prompt.strip() for prompt in prompts]
-        self.metadata: list[dict[str, Any]] = [{} for _ in self.prompts]
+            self.prompts.append(prompt.strip())
+            self.metadata.append({})

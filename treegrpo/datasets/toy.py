@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from treegrpo.registry import DATASETS
-from treegrpo.toy.prompts import ShapeSpec, all_specs, spec_to_prompt
+from treegrpo.toy.prompts import ATTRIBUTES, ShapeSpec, all_specs, spec_to_prompt
 
 SPLIT_SEED = 2512_08153  # fixes which specs are held out for evaluation
 EVAL_FRACTION = 0.2
@@ -51,3 +51,8 @@ class ToyShapesPrompts:
 
     def __getitem__(self, index: int) -> str:
         return self.prompts[index]
+
+    def record(self, index: int) -> dict[str, str]:
+        """``{'prompt', 'shape', 'colour', 'background', 'size', 'position'}`` of prompt ``index``."""
+        spec = self.specs[index]
+        return {"prompt": self.prompts[index], **{name: getattr(spec, name) for name in ATTRIBUTES}}

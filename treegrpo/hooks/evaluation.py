@@ -6,8 +6,9 @@ import contextlib
 import torch
 
 from ..advantages.distributed import RankGroup
+from ..datasets import dataset_record
 from ..registry import DATASETS, HOOKS, REWARDS, build
-from ..rewards.base import check_rewards
+from ..rewards.base import check_rewards, metadata_caller
 from ..samplers.common import decode, ode_integrate
 from ..utils import image_grid, make_generator
 from .base import Hook
@@ -82,10 +83,13 @@ class EvalHook(Hook):
     def before_run(self, runner) -> None:
         dataset = build(DATASETS, self.dataset_cfg)
         count = min(self.num_prompts, len(dataset))
-        self.prompts = [dataset[i] for i in range(count)]
+        records = [dataset_record(dataset, i) for i in range(count)]
+        self.prompts = [record.pop("prompt") for record in records]
+        self.metadata = records  # each prompt's other fields, for rewards that take metadata
         self.rewards = {"reward": runner.reward}
         for name, cfg in self.extra_rewards_cfg.items():
             self.rewards[name] = build(REWARDS, cfg)
+        self.reward_calls = {name: metadata_caller(reward) for name, reward in self.rewards.items()}
         if runner.iteration == 0:
             runner.log(self.evaluate(runner))
 
@@ -125,8 +129,10 @@ class EvalHook(Hook):
             )
         policy.nfe = nfe_before  # evaluation forwards are not training cost
         results = {"eval/ema": float(use_ema)}
-        for name, reward in self.rewards.items():
-            local = check_rewards(reward(images, prompts), len(prompts), name).float().to(runner.device)
+        for name in self.rewards:
+            call = self.reward_calls[name]
+            local = check_rewards(call(images, prompts, [self.metadata[i] for i in rows]), len(prompts),
+                                  name).float().to(runner.device)
             scores = gather_rows(group, local[: len(mine)], count)
             results[f"eval/{name}_mean"] = scores.mean().item()
             results[f"eval/{name}_std"] = scores.std(unbiased=False).item()

@@ -1,11 +1,13 @@
-"""Rewards: images [L, 3, H, W] in [0, 1] + prompts -> scores [L] (registry ``REWARDS``)."""
+"""Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
+(registry ``REWARDS``)."""
 from . import clip_family, combine, http, image_reward, image_stats, toy
-from .base import Reward, RewardError, check_images, check_rewards
+from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
 from .http import HTTPReward
 from .image_reward import ImageReward
 from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibility
+from .toy import ToyAlignmentReward, ToyMetadataReward
 
 __all__ = [
     "Aesthetic",
@@ -19,7 +21,10 @@ __all__ = [
     "PickScore",
     "Reward",
     "RewardError",
+    "ToyAlignmentReward",
+    "ToyMetadataReward",
     "WeightedSum",
+    "accepts_metadata",
     "check_images",
     "check_rewards",
     "clip_family",
@@ -27,5 +32,6 @@ __all__ = [
     "http",
     "image_reward",
     "image_stats",
+    "metadata_caller",
     "toy",
 ]

@@ -8,7 +8,8 @@ NaNs or wrong shapes flow into the advantages.
 from __future__ import annotations
 
 import abc
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +24,9 @@ class Reward(abc.ABC):
     """Base class of every reward. Subclasses implement ``__call__``.
 
     ``__call__(images [L, 3, H, W] float in [0, 1], prompts: list[str] of length L) -> [L]``.
+    A reward that needs the prompt records' other fields adds a keyword ``metadata=None`` (a
+    list of L dicts, one per image: the record of that image's prompt without ``'prompt'``);
+    callers pass it only to rewards whose signature has it (:func:`metadata_caller`).
     """
 
     @property
@@ -112,3 +116,41 @@ def check_rewards(rewards: Any, num_images: int, reward_name: str) -> torch.Tens
             f"{num_images} images: " + "; ".join(parts)
         )
     return values
+
+
+# ---------------------------------------------------------------- prompt records (metadata)
+MAX_METADATA_BYTES = 64 << 10  # one leaf's metadata as JSON; larger records are refused
+
+
+def accepts_metadata(reward: Any) -> bool:
+    """True when ``reward`` (a callable) takes a ``metadata`` keyword (or ``**kwargs``).
+
+    Decided once from the signature, so a reward written as ``(images, prompts)`` keeps working
+    and no call is retried on a TypeError.
+    """
+    try:
+        params = inspect.signature(reward).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: call with two arguments
+        return False
+    return any((p.name == "metadata" and p.kind != p.POSITIONAL_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in params)
+
+
+def check_metadata(metadata: Any, count: int, reward_name: str) -> list[dict[str, Any]]:
+    """Validate ``metadata``: None (-> ``count`` empty dicts) or a list of ``count`` dicts."""
+    if metadata is None:
+        return [{} for _ in range(count)]
+    if not isinstance(metadata, (list, tuple)) or not all(isinstance(m, dict) for m in metadata):
+        raise ValueError(f"{reward_name}: metadata must be a list of dicts (one per image), "
+                         f"got {type(metadata).__name__}")
+    if len(metadata) != count:
+        raise ValueError(f"{reward_name}: got {count} images but {len(metadata)} metadata dicts")
+    return list(metadata)
+
+
+def metadata_caller(reward: Any) -> Callable[..., Any]:
+    """``call(images, prompts, metadata=None)`` for ``reward``: passes ``metadata`` only when
+    the reward's signature accepts it (checked here, once)."""
+    if accepts_metadata(reward):
+        return lambda images, prompts, metadata=None: reward(images, prompts, metadata=metadata)
+    return lambda images, prompts, metadata=None: reward(images, prompts)

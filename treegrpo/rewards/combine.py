@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from treegrpo.registry import REWARDS, build
-from treegrpo.rewards.base import Reward, check_images, check_rewards, load_reward_weights
+from treegrpo.rewards.base import (Reward, check_images, check_metadata, check_rewards, load_reward_weights,
+                                   metadata_caller)
 
 NORMALIZE_MODES = ("none", "batch")
 # names the runner already logs under reward/ (a part called so would overwrite them)
@@ -46,8 +47,9 @@ def _part_name(reward: Any, cfg: Any) -> str:
 
 @REWARDS.register_module()
 class WeightedSum(Reward):
-    """``reward(images [L, 3, H, W] in [0, 1], prompts [L]) -> [L] float32``:
-    ``sum_n weights[n] * f_n(part_n(images, prompts))``.
+    """``reward(images [L, 3, H, W] in [0, 1], prompts [L], metadata=None) -> [L] float32``:
+    ``sum_n weights[n] * f_n(part_n(images, prompts))``; ``metadata`` (L dicts) goes to the
+    parts whose signature accepts it.
 
     Args:
         rewards: list of reward configs (``dict(type=..., ...)``) or built rewards; at least one.
@@ -87,6 +89,7 @@ class WeightedSum(Reward):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
         self.parts = [build(REWARDS, cfg) for cfg in rewards]
+        self.callers = [metadata_caller(part) for part in self.parts]  # metadata to parts that take it
         self.part_names = self._check_names(names, rewards)
         self.weights = [float(w) for w in weights]
         self.normalize = normalize
@@ -118,12 +121,15 @@ class WeightedSum(Reward):
         return list(names)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompts: list[str],
+                 metadata: list[dict] | None = None) -> torch.Tensor:
         check_images(images, prompts, self.name)
         count = len(prompts)
+        if metadata is not None:
+            check_metadata(metadata, count, self.name)
         raw = torch.stack([
-            check_rewards(part(images, prompts), count, name)
-            for part, name in zip(self.parts, self.part_names)
+            check_rewards(call(images, prompts, metadata), count, name)
+            for call, name in zip(self.callers, self.part_names)
         ])  # [N, L] float32 on CPU
         self.last_means = {name: raw[n].mean().item() for n, name in enumerate(self.part_names)}
         parts = batch_zscore(raw, self.eps) if self.normalize == "batch" else raw

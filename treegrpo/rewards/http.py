@@ -8,7 +8,9 @@ e.g. ``Authorization``) and the UTF-8 JSON body::
     {"prompts": ["a cat", "a dog"],
      "images": ["<base64 PNG>", "<base64 PNG>"]}
 
-``prompts`` and ``images`` are lists of equal length L >= 1, in the same order. Each image is an
+``prompts`` and ``images`` are lists of equal length L >= 1, in the same order. When the caller
+has prompt records, the body also holds ``"metadata": [{...}, ...]`` (L JSON objects, each at most
+64 KiB as JSON: the fields of each image's prompt record); servers that do not know it ignore it. Each image is an
 8-bit RGB PNG file (the image ``[3, H, W]`` in [0, 1] clamped, scaled by 255 and rounded),
 encoded with standard base64 (RFC 4648, with padding, no line breaks).
 
@@ -48,7 +50,7 @@ import torch
 from PIL import Image
 
 from treegrpo.registry import REWARDS
-from treegrpo.rewards.base import Reward, RewardError, check_images
+from treegrpo.rewards.base import Reward, RewardError, check_images, check_metadata
 from treegrpo.rewards.image_stats import to_uint8
 
 # Client errors worth another try: request timeout (408) and rate limiting (429).
@@ -241,8 +243,8 @@ def post_within(url: str, body: bytes, headers: dict[str, str],
 
 @REWARDS.register_module()
 class HTTPReward(Reward):
-    """``reward(images [L, 3, H, W] in [0, 1], prompts [L]) -> [L] float32`` scored by a server
-    speaking the protocol of this module's docstring.
+    """``reward(images [L, 3, H, W] in [0, 1], prompts [L], metadata=None) -> [L] float32`` scored
+    by a server speaking the protocol of this module's docstring.
 
     Args:
         url: ``http://`` or ``https://`` address the requests are POSTed to.
@@ -289,18 +291,27 @@ class HTTPReward(Reward):
         self.backoff, self.batch_size, self.headers = float(backoff), batch_size, headers
         self.secret_env = secret_env
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompts: list[str],
+                 metadata: list[dict] | None = None) -> torch.Tensor:
         check_images(images, prompts, self.name)
+        if metadata is not None:
+            check_metadata(metadata, len(prompts), self.name)
         size = self.batch_size or max(len(prompts), 1)
         scores: list[float] = []
         for start in range(0, len(prompts), size):
             chunk = list(prompts[start:start + size])
-            scores += self.post(encode_png(images[start:start + size]), chunk)
+            meta = None if metadata is None else list(metadata[start:start + size])
+            scores += self.post(encode_png(images[start:start + size]), chunk, meta)
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
-    def post(self, encoded_images: list[str], prompts: list[str]) -> list[float]:
-        """POST one request (with retries) and return its ``len(prompts)`` scores."""
-        body = json.dumps({"prompts": prompts, "images": encoded_images}).encode("utf-8")
+    def post(self, encoded_images: list[str], prompts: list[str],
+             metadata: list[dict] | None = None) -> list[float]:
+        """POST one request (with retries) and return its ``len(prompts)`` scores; ``metadata``
+        (None: the key is left out) must be JSON-serialisable."""
+        request = {"prompts": prompts, "images": encoded_images}
+        if metadata is not None:
+            request["metadata"] = metadata
+        body = json.dumps(request).encode("utf-8")
         headers = {"Content-Type": "application/json", **self.headers}
         attempts = self.retries + 1
         last_error = ""

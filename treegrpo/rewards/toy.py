@@ -2,7 +2,8 @@
 
 The shipped attribute classifier reads each image's shape, colour, background, size and
 position; the reward is the mean over these attributes of the probability it gives to the
-value the prompt asks for, in [0, 1].
+value the prompt asks for, in [0, 1]. :class:`ToyMetadataReward` scores the attributes given in
+each prompt record's metadata instead of parsing the prompt.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from treegrpo.registry import REWARDS
-from treegrpo.rewards.base import Reward, check_images
+from treegrpo.rewards.base import Reward, check_images, check_metadata
 from treegrpo.toy import CLASSIFIER_WEIGHTS
 from treegrpo.toy.models import ToyClassifier, attribute_probabilities, load_models, spec_targets
 from treegrpo.toy.prompts import ATTRIBUTES, parse_prompt
@@ -55,3 +56,70 @@ class ToyAlignmentReward(Reward):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         scores = self.attribute_scores(images, prompts)
         return torch.stack(list(scores.values()), dim=1).mean(dim=1)
+
+
+METADATA_ALIASES = {"color": "colour"}  # accepted spellings of metadata keys
+
+
+def metadata_targets(metadata: list[dict], attributes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Metadata dicts (L) -> (targets [L, A] long class indices in ``ATTRIBUTES`` order, 0 where
+    absent; mask [L, A] float32, 1 where leaf i's metadata gives attribute a and a is scored).
+
+    Keys are attribute names (``'color'`` is read as ``'colour'``); a value outside the
+    attribute's allowed values, or a leaf giving none of ``attributes``, is a ValueError."""
+    names = list(ATTRIBUTES)
+    targets = torch.zeros(len(metadata), len(names), dtype=torch.long)
+    mask = torch.zeros(len(metadata), len(names))
+    for i, meta in enumerate(metadata):
+        fields = {METADATA_ALIASES.get(key, key): value for key, value in meta.items()}
+        for name in attributes:
+            if name not in fields:
+                continue
+            allowed = ATTRIBUTES[name]
+            if fields[name] not in allowed:
+                raise ValueError(f"ToyMetadataReward: metadata[{i}][{name!r}] = {fields[name]!r} "
+                                 f"is not one of {list(allowed)}")
+            a = names.index(name)
+            targets[i, a], mask[i, a] = allowed.index(fields[name]), 1.0
+        if not mask[i].any():
+            raise ValueError(f"ToyMetadataReward: metadata[{i}] gives none of the scored attributes "
+                             f"{list(attributes)} (keys: {sorted(meta)})")
+    return targets, mask
+
+
+@REWARDS.register_module()
+class ToyMetadataReward(ToyAlignmentReward):
+    """``reward(images [L, 3, H, W] in [0, 1], prompts [L], metadata [L dicts]) -> [L] float32``
+    in [0, 1]: the mean, over the attributes a leaf's metadata gives (e.g. ``{'colour': 'red',
+    'shape': 'circle'}``), of the shipped classifier's probability of that value. The prompt
+    text is not read: the attributes come from the prompt records only.
+
+    Args:
+        checkpoint, device: as :class:`ToyAlignmentReward`.
+        attributes: which metadata keys are scored (default: all of ``ATTRIBUTES``).
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+                 attributes: tuple[str, ...] | list[str] | None = None) -> None:
+        super().__init__(checkpoint, device)
+        attributes = tuple(ATTRIBUTES) if attributes is None else tuple(attributes)
+        unknown = [name for name in attributes if name not in ATTRIBUTES]
+        if not attributes or unknown:
+            raise ValueError(f"attributes must be a non-empty list of {list(ATTRIBUTES)}, got {list(attributes)}")
+        self.attributes = attributes
+
+    def __repr__(self) -> str:
+        return (f"ToyMetadataReward(checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r}, "
+                f"attributes={list(self.attributes)})")
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str],
+                 metadata: list[dict] | None = None) -> torch.Tensor:
+        check_images(images, prompts, self.name)
+        if metadata is None:
+            raise ValueError("ToyMetadataReward needs metadata (one dict per image, e.g. from a "
+                             "jsonl prompt file with 'colour' / 'shape' fields)")
+        targets, mask = metadata_targets(check_metadata(metadata, len(prompts), self.name), self.attributes)
+        logits = self.model(images.to(self.device, torch.float32))
+        probs = attribute_probabilities(logits, targets).cpu()
+        return ((probs * mask).sum(dim=1) / mask.sum(dim=1)).to(images.device)
