@@ -76,3 +76,12 @@ def test_pruning_cuts_the_update_forwards(tmp_path):
     assert pruned["update/pruned_parents"] == 2
     assert pruned["rollout/nfe"] == base["rollout/nfe"] and pruned["reward/mean"] == base["reward/mean"]
     assert pruned["losses/policy_loss"] != base["losses/policy_loss"]
+
+
+def test_pruning_flat_chains_per_prompt(tmp_path):
+    # flat: 4 chains x 2 SDE steps = 8 parents per prompt, 2 prompts, 2 epochs: 32 -> 16 forwards
+    extra = UPDATE.format(", prune=dict(keep_fraction=0.5, score='mean')")
+    config = write_config(tmp_path, sampler="FlatSampler", advantage="GroupNorm", iters=1, extra=extra)
+    train_main([config, "--work-dir", str(tmp_path / "flat")])
+    record = read_log(tmp_path / "flat")[0]
+    assert record["update/nfe"] == 2 * 2 * 4 and record["update/pruned_parents"] == 2 * 4
