@@ -22,6 +22,7 @@ EXPECTED = {
     "treegrpo_toy_shapes_depth_norm.py": {"advantage.depth_norm": "depth"},
     "treegrpo_toy_shapes_eta05.py": {"kernel.eta": 0.5},
     "treegrpo_toy_shapes_eta1.py": {"kernel.eta": 1.0},
+    "treegrpo_toy_shapes_prune50.py": {"update.prune.keep_fraction": 0.5},
     # per-depth k (a list replaces the base int k = 2)
     "treegrpo_toy_shapes_k422.py": {"schedule.k": None, "schedule.k.0": 4, "schedule.k.1": 2, "schedule.k.2": 2},
     "treegrpo_toy_shapes_leaves8_k222.py": {

@@ -273,6 +273,12 @@ class Runner:
         model = self.train_model
         model.train()
         parents = rollout.parent_nodes
+        num_parents = parents.numel()
+        if cfg["prune"] is not None:  # the same count on every rank (per tree), see select_parents
+            from .update import select_parents
+
+            parents = select_parents(parents, rollout.parent, rollout.prompt_index, advantages.node,
+                                     **cfg["prune"])
         stats: dict[str, list[float]] = defaultdict(list)
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
@@ -319,6 +325,8 @@ class Runner:
             torch.tensor([onpolicy_dev], device=self.device)).max().item()
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
+        if cfg["prune"] is not None:
+            result["update/pruned_parents"] = (num_parents - parents.numel()) * self.world_size
         return result
 
     # ------------------------------------------------------------------ infrastructure

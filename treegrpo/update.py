@@ -6,6 +6,7 @@ kernel, the same levels and guidance, float32 step math.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -66,7 +67,8 @@ def edge_log_probs(
 
 
 UPDATE_DEFAULTS = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=64, max_grad_norm=1.0,
-                       per_step_batches=False)
+                       per_step_batches=False, prune=None)
+PRUNE_SCORES = ("max", "mean")
 
 
 def update_settings(cfg: dict | None) -> dict:
@@ -77,7 +79,68 @@ def update_settings(cfg: dict | None) -> dict:
     if unknown:
         warnings.warn(f"update keys {unknown} are not used by the policy update and are ignored; "
                       f"known keys: {sorted(UPDATE_DEFAULTS)}", stacklevel=2)
-    return {**UPDATE_DEFAULTS, **{key: value for key, value in cfg.items() if key in UPDATE_DEFAULTS}}
+    settings = {**UPDATE_DEFAULTS, **{key: value for key, value in cfg.items() if key in UPDATE_DEFAULTS}}
+    settings["prune"] = prune_settings(settings["prune"], settings["per_step_batches"])
+    return settings
+
+
+def prune_settings(prune: dict | None, per_step_batches: bool = False) -> dict | None:
+    """Validate ``update.prune = dict(keep_fraction, score='max')``; None (or keep_fraction=1.0 /
+    None) turns pruning off and returns None, so the update is exactly the unpruned one."""
+    if prune is None:
+        return None
+    if not isinstance(prune, dict):
+        raise ValueError(f"update.prune must be None or a dict(keep_fraction, score), got {prune!r}")
+    unknown = sorted(set(prune) - {"keep_fraction", "score"})
+    if unknown:
+        raise ValueError(f"update.prune keys {unknown} are unknown; allowed: ['keep_fraction', 'score']")
+    keep_fraction = prune.get("keep_fraction")
+    score = prune.get("score", "max")
+    if score not in PRUNE_SCORES:
+        raise ValueError(f"update.prune.score must be one of {list(PRUNE_SCORES)}, got {score!r}")
+    if keep_fraction is None or keep_fraction == 1.0:
+        return None
+    if isinstance(keep_fraction, bool) or not isinstance(keep_fraction, (int, float)) \
+            or not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"update.prune.keep_fraction must be a number in (0, 1], got {keep_fraction!r}")
+    if per_step_batches:
+        # the kept parents per step differ between ranks: unequal micro-batch counts hang DDP
+        raise ValueError("update.prune cannot be combined with update.per_step_batches=True")
+    return dict(keep_fraction=float(keep_fraction), score=score)
+
+
+def select_parents(
+    parents: torch.Tensor, parent: torch.Tensor, prompt_index: torch.Tensor, advantage: torch.Tensor,
+    keep_fraction: float, score: str = "max",
+) -> torch.Tensor:
+    """The most informative parents [M'] of ``parents`` [M] (sorted node ids), in their order.
+
+    A parent's score is the max (or mean) |advantage| [N] of its child edges (``parent`` [N], -1
+    for roots). Per tree (``prompt_index`` [N]) the top ``ceil(keep_fraction * n)`` of its n parents
+    are kept, ties going to the lower node id. Per tree, not a global threshold: every process then
+    keeps the same number of parents (equal trees on all ranks), so all ranks run the same number of
+    forwards / backwards, which DDP needs (a global |A| threshold would hang it).
+    """
+    if score not in PRUNE_SCORES:
+        raise ValueError(f"score must be one of {list(PRUNE_SCORES)}, got {score!r}")
+    child, slot = children_of(parent, parents)
+    magnitude = advantage[child].detach().abs().float().cpu()
+    slot = slot.cpu()
+    empty = torch.zeros(parents.numel())
+    if score == "max":
+        value = empty.scatter_reduce(0, slot, magnitude, "amax", include_self=False)
+    else:
+        value = empty.scatter_reduce(0, slot, magnitude, "mean", include_self=False)
+    node = parents.cpu()
+    tree = prompt_index[parents].cpu()
+    keep = torch.zeros(parents.numel(), dtype=torch.bool)
+    for t in torch.unique(tree).tolist():
+        members = torch.nonzero(tree == t).flatten()
+        members = members[torch.argsort(node[members], stable=True)]  # ties: lower node id first
+        members = members[torch.argsort(-value[members], stable=True)]
+        num_keep = math.ceil(round(keep_fraction * members.numel(), 9))
+        keep[members[:num_keep]] = True
+    return parents[keep.to(parents.device)]
 
 
 def plan_micro_batches(
