@@ -29,7 +29,7 @@ from .rewards.base import RewardError, check_rewards, load_reward_weights, metad
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
-from .update import edge_log_probs, plan_micro_batches, update_settings
+from .update import edge_log_probs, plan_micro_batches, select_parents, update_settings
 from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -275,7 +275,6 @@ class Runner:
         parents = rollout.parent_nodes
         num_parents = parents.numel()
         if cfg["prune"] is not None:  # the same count on every rank (per tree), see select_parents
-            from .update import select_parents
 
             parents = select_parents(parents, rollout.parent, rollout.prompt_index, advantages.node,
                                      **cfg["prune"])
