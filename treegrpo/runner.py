@@ -275,7 +275,6 @@ class Runner:
         parents = rollout.parent_nodes
         num_parents = parents.numel()
         if cfg["prune"] is not None:  # the same count on every rank (per tree), see select_parents
-
             parents = select_parents(parents, rollout.parent, rollout.prompt_index, advantages.node,
                                      **cfg["prune"])
         stats: dict[str, list[float]] = defaultdict(list)
