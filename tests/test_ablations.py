@@ -16,6 +16,8 @@ EXPECTED = {
         "schedule.type": "FixedWindow", "schedule.start": 0, "schedule.start_range": None},
     "treegrpo_toy_shapes_sliding_window.py": {
         "schedule.type": "SlidingWindow", "schedule.shift": 1, "schedule.every": 4},
+    "treegrpo_toy_shapes_adaptive_window.py": {
+        "schedule.type": "AdaptiveWindow", "schedule.c": 0.5, "schedule.alpha": 0.2},
     "treegrpo_toy_shapes_mean_backup.py": {"advantage.weighting": "mean"},
     "treegrpo_toy_shapes_prob_t01.py": {"advantage.temperature": 0.1},
     "treegrpo_toy_shapes_sum_backup.py": {"advantage.weighting": "sum"},

@@ -242,6 +242,7 @@ def save_unsharded(runner, path: Path) -> None:
         "lr_scheduler": runner.lr_scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "advantage": advantage[0], "advantage_per_rank": advantage,
+        "schedule": runner.schedule_state(),
     }
     meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
             "config": runner.cfg.filename, "world_size": runner.world_size,
@@ -265,6 +266,8 @@ def resume_unsharded(runner, path: Path) -> dict:
         per_rank = training_state.get("advantage_per_rank") or []
         own = per_rank[runner.rank] if len(per_rank) == runner.world_size else training_state.get("advantage", {})
         runner.advantage.load_state_dict(own)
+    if training_state.get("schedule") is not None:  # optional: checkpoints before adaptive windows
+        runner.schedule.load_state_dict(training_state["schedule"])
     if meta.get("seed") != runner.seed or meta.get("world_size") != runner.world_size:
         warnings.warn(
             f"resuming a checkpoint made with seed={meta.get('seed')}, "

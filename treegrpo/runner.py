@@ -28,6 +28,7 @@ from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, R
 from .rewards.base import RewardError, check_rewards, load_reward_weights, metadata_caller
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
+from .schedules.adaptive import tree_variances
 from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
 from .update import edge_log_probs, plan_micro_batches, select_parents, update_settings
 from .utils import PURPOSES, make_generator, timer
@@ -201,6 +202,9 @@ class Runner:
             all_rewards = self.accelerator.gather(rewards).float().cpu()
             reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
                             for key, value in sorted(self.reward_log_values().items())}
+        if hasattr(self.schedule, "observe"):  # adaptive windows: every rank credits every tree
+            self.schedule.observe(plan, self.accelerator.gather(tree_variances(
+                rewards, rollout.leaf_prompt_index, len(rollout.prompts))).cpu())
         with self.phase(times, "advantage"):
             advantages = self.advantage(rollout, rewards, RankGroup(self.accelerator))  # global stats
         with self.phase(times, "update"):
@@ -374,6 +378,10 @@ class Runner:
 
     def advantage_state(self) -> dict:
         return self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {}
+
+    def schedule_state(self) -> dict | None:
+        """The schedule's state (adaptive windows; the same on every rank), None if it has none."""
+        return self.schedule.state_dict() if hasattr(self.schedule, "state_dict") else None
 
     def resume(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` and continue after it."""

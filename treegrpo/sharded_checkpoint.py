@@ -142,7 +142,8 @@ def load_sharded_checkpoint(directory: str | Path, model: torch.nn.Module, optim
 def save_runner_checkpoint(runner, path: Path) -> Path:
     """The runner's checkpoint of a sharded denoiser (every rank calls it): shards, per-rank
     RNG and reward statistics, the lr scheduler, and the main rank's gathered export."""
-    rank_state = {"torch_rng": torch.get_rng_state(), "advantage": runner.advantage_state()}
+    rank_state = {"torch_rng": torch.get_rng_state(), "advantage": runner.advantage_state(),
+                  "schedule": runner.schedule_state()}
     meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
             "config": runner.cfg.filename, "world_size": runner.world_size, "fsdp": runner.fsdp}
 
@@ -170,4 +171,6 @@ def resume_runner_checkpoint(runner, path: Path) -> dict:
     torch.set_rng_state(own["torch_rng"])
     if hasattr(runner.advantage, "load_state_dict"):
         runner.advantage.load_state_dict(own.get("advantage", {}))
+    if own.get("schedule") is not None:  # optional: checkpoints before adaptive windows
+        runner.schedule.load_state_dict(own["schedule"])
     return meta
