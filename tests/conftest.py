@@ -3,6 +3,7 @@ configs in tests can name them (``TinyTestPolicy``, ``MeanBrightnessReward``), a
 :func:`write_run_config` for the tiny training runs of the policy and export tests."""
 from __future__ import annotations
 
+import json
 import sys
 import zlib
 from pathlib import Path
@@ -118,3 +119,36 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 
     written = make_tiny(["--out", str(tmp_path_factory.mktemp("tiny")), "--models", "sd3", "flux", "sd15"])
     return {name: str(path) for name, path in written.items()}
+
+
+# ------------------------------------------------------------------ tiny training runs (TinyTestPolicy)
+TINY_CONFIG = """
+seed = 3
+policy = dict(type='TinyTestPolicy')
+kernel = dict(type='FlowMatchingKernel', eta=0.8)
+schedule = dict(type='RandomWindow', depth=2, k=2)
+sampler = dict(type='{sampler}', num_steps=5{sampler_args})
+advantage = dict(type='{advantage}')
+reward = dict(type='{reward}')
+loss = dict(type='GRPOClipLoss', clip_range=0.2, beta={beta})
+train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square', 'a cat', 'a dog'])
+optimizer = dict(type='AdamW', lr=1e-2)
+update = dict(num_inner_epochs=2, num_minibatches=2, micro_batch_size=3)
+max_iters = {iters}
+prompts_per_iter = 2
+hooks = [dict(type='LoggerHook', interval=1), dict(type='CheckpointHook', interval=2, max_keep=0)]
+"""
+
+
+def write_config(tmp_path: Path, name="tiny.py", sampler="TreeSampler", advantage="TreeBackup",
+                 reward="MeanBrightnessReward", iters=2, beta=0.0, extra=""):
+    sampler_args = ", group_size=4" if sampler == "FlatSampler" else ""
+    text = TINY_CONFIG.format(sampler=sampler, sampler_args=sampler_args, advantage=advantage,
+                              reward=reward, iters=iters, beta=beta)
+    path = tmp_path / name
+    path.write_text(text + extra)
+    return str(path)
+
+
+def read_log(work_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (work_dir / "log.jsonl").read_text().splitlines()]

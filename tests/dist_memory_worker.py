@@ -64,3 +64,5 @@ def main(out_dir: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(sys.argv[1])
+    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
+        torch.distributed.destroy_process_group()

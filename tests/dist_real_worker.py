@@ -71,3 +71,5 @@ def run_cases(models: dict, out_dir: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     run_cases(json.loads(sys.argv[2]), Path(sys.argv[1]))
+    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
+        torch.distributed.destroy_process_group()

@@ -83,3 +83,5 @@ if __name__ == "__main__":
         stall(sys.argv[1], float(sys.argv[3]))
     else:
         main(sys.argv[1])
+    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
+        torch.distributed.destroy_process_group()

@@ -121,3 +121,5 @@ def save_failing_on_rank0(runner: Runner, out: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
+        torch.distributed.destroy_process_group()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from test_runner import read_log, write_config  # the module pytest loaded (not a second copy)
+from conftest import read_log, write_config
 from tools.train import main as train_main
 from treegrpo.registry import SCHEDULES, build
 from treegrpo.schedules import AdaptiveWindow, BranchPlan

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_runner import read_log, write_config  # the module pytest loaded (not a second copy)
+from conftest import read_log, write_config
 from tools.train import main as train_main
 from treegrpo.hooks.ema import EMAHook, ema_update_, warmup_decay
 from treegrpo.inference import load_config, load_policy

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.test_runner import read_log, write_config
+from conftest import read_log, write_config
 from tools.train import main as train_main
 from treegrpo.update import prune_settings, select_parents, update_settings
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_runner import read_log, write_config  # the module pytest loaded (not a second copy)
+from conftest import read_log, write_config
 from tools.train import main as train_main
 
 

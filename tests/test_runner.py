@@ -1,46 +1,14 @@
 """Integration tests of the training loop on the tiny random-weight test policy."""
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import read_log, write_config
 from tools.train import main as train_main
 from treegrpo.rewards.base import RewardError
 from treegrpo.registry import LOSSES, REWARDS
-
-TINY_CONFIG = """
-seed = 3
-policy = dict(type='TinyTestPolicy')
-kernel = dict(type='FlowMatchingKernel', eta=0.8)
-schedule = dict(type='RandomWindow', depth=2, k=2)
-sampler = dict(type='{sampler}', num_steps=5{sampler_args})
-advantage = dict(type='{advantage}')
-reward = dict(type='{reward}')
-loss = dict(type='GRPOClipLoss', clip_range=0.2, beta={beta})
-train_dataset = dict(type='PromptList', prompts=['a red circle', 'a blue square', 'a cat', 'a dog'])
-optimizer = dict(type='AdamW', lr=1e-2)
-update = dict(num_inner_epochs=2, num_minibatches=2, micro_batch_size=3)
-max_iters = {iters}
-prompts_per_iter = 2
-hooks = [dict(type='LoggerHook', interval=1), dict(type='CheckpointHook', interval=2, max_keep=0)]
-"""
-
-
-def write_config(tmp_path: Path, name="tiny.py", sampler="TreeSampler", advantage="TreeBackup",
-                 reward="MeanBrightnessReward", iters=2, beta=0.0, extra=""):
-    sampler_args = ", group_size=4" if sampler == "FlatSampler" else ""
-    text = TINY_CONFIG.format(sampler=sampler, sampler_args=sampler_args, advantage=advantage,
-                              reward=reward, iters=iters, beta=beta)
-    path = tmp_path / name
-    path.write_text(text + extra)
-    return str(path)
-
-
-def read_log(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "log.jsonl").read_text().splitlines()]
-
 
 @pytest.mark.parametrize("sampler,advantage", [("TreeSampler", "TreeBackup"), ("FlatSampler", "GroupNorm")])
 def test_training_writes_logs_checkpoints_and_changes_weights(tmp_path, sampler, advantage):

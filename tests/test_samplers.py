@@ -222,7 +222,7 @@ def test_per_depth_k_log_probs_recompute_and_group_by_parent(tiny_policy):
 
 def test_one_runner_iteration_with_per_depth_k(tmp_path):
     """TreeBackup advantages and the update work unchanged on a k = [3, 2] tree."""
-    from tests.test_runner import read_log, write_config
+    from conftest import read_log, write_config
     from tools.train import main as train_main
 
     extra = "schedule = dict(type='RandomWindow', depth=2, k=[3, 2])\n"

@@ -84,6 +84,6 @@ USER_ERRORS = (ConfigError, ModelNotFoundError, CheckpointError, FileNotFoundErr
 
 if __name__ == "__main__":
     try:
-        main()
+        main().accelerator.end_training()  # closes the process group of a distributed run cleanly
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
