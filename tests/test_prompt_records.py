@@ -1,15 +1,14 @@
 """Prompt records end to end: a jsonl row keeps its fields, each leaf's reward call gets the fields
 of its own prompt's record (runner, WeightedSum, HTTP, eval), and ToyMetadataReward scores them."""
 import json
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
+from test_http_reward import serving  # the module pytest loaded
 from tools.eval import score as eval_score
-from tools.reward_server import BadRequest, OverLimit, make_server, parse_request
+from tools.reward_server import BadRequest, OverLimit, parse_request
 from tools.train import main as train_main
 from treegrpo.datasets import PromptFile, PromptList, dataset_record
 from treegrpo.datasets.prompt_file import MAX_RECORD_BYTES
@@ -212,18 +211,6 @@ def test_toy_run_on_a_jsonl_file_with_the_metadata_reward_trains(tmp_path):
 
 
 # ------------------------------------------------------------------ HTTP and eval
-@contextmanager
-def serving(reward):
-    server = make_server(reward, "127.0.0.1", 0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_http_reward_sends_metadata_and_the_server_passes_it_on():
     recorder = Recorder()
     images = torch.zeros(3, 3, 4, 4)
