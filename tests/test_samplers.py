@@ -38,16 +38,22 @@ def test_tree_nfe_and_counts_match_closed_form(tiny_policy, start, depth, k, ste
     assert torch.equal(rollout.step[edges], parent_steps + 1)
 
 
-def test_tree_forwards_are_batched_per_depth(tiny_policy):
-    """All nodes of one depth (across all trees) go through the model as ONE forward."""
-    batch_sizes = []
-    original = tiny_policy.model_output
+def record_forward_rows(policy) -> list[int]:
+    """A list that receives the row count of every ``policy.model_output`` call (a test spy on
+    the instance)."""
+    rows, original = [], policy.model_output
 
     def recording(latents, level, cond, model=None):
-        batch_sizes.append(latents.shape[0])
+        rows.append(latents.shape[0])
         return original(latents, level, cond, model)
 
-    tiny_policy.model_output = recording  # test spy on the instance
+    policy.model_output = recording
+    return rows
+
+
+def test_tree_forwards_are_batched_per_depth(tiny_policy):
+    """All nodes of one depth (across all trees) go through the model as ONE forward."""
+    batch_sizes = record_forward_rows(tiny_policy)
     plan = BranchPlan(start=2, depth=3, k=2)
     TreeSampler(num_steps=7).sample(tiny_policy, FlowMatchingKernel(0.7), PROMPTS, plan, torch.Generator())
     p = len(PROMPTS)
@@ -186,14 +192,7 @@ def test_per_depth_k_nfe_counts_and_parents(tiny_policy, start, ks, steps, guida
 
 def test_per_depth_k_hand_built_parents_and_batched_forwards(tiny_policy):
     """k = [3, 2], one prompt, no prefix/suffix: nodes 0 | 1 2 3 | 4..9, forwards of 1 and 3 rows."""
-    batch_sizes = []
-    original = tiny_policy.model_output
-
-    def recording(latents, level, cond, model=None):
-        batch_sizes.append(latents.shape[0])
-        return original(latents, level, cond, model)
-
-    tiny_policy.model_output = recording  # test spy on the instance
+    batch_sizes = record_forward_rows(tiny_policy)
     rollout = TreeSampler(num_steps=2).sample(tiny_policy, FlowMatchingKernel(0.7), PROMPTS[:1],
                                               BranchPlan(0, 2, [3, 2]), torch.Generator().manual_seed(0))
     assert rollout.parent.tolist() == [-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]
