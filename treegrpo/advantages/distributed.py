@@ -38,15 +38,21 @@ class RankGroup:
 SINGLE_PROCESS = RankGroup()
 
 
+def gather_same_size(tensor: torch.Tensor, group: RankGroup, what: str, why: str) -> torch.Tensor:
+    """[n] on every rank -> [world_size * n]; a ValueError naming ``what`` the ranks hold (and
+    ``why`` they must agree) when their n differ."""
+    if group.world_size == 1:
+        return tensor
+    counts = group.gather(torch.tensor([tensor.numel()], device=tensor.device))
+    if bool((counts != tensor.numel()).any()):
+        raise ValueError(f"processes have different numbers of {what} {counts.tolist()}: {why}")
+    return group.gather(tensor)
+
+
 def gathered_rewards(rewards: torch.Tensor, group: RankGroup) -> torch.Tensor:
     """The rewards [L] of every rank -> [world_size * L] (every rank must have L leaves)."""
-    if group.world_size == 1:
-        return rewards
-    counts = group.gather(torch.tensor([rewards.numel()], device=rewards.device))
-    if bool((counts != rewards.numel()).any()):
-        raise ValueError(f"processes scored different numbers of leaves {counts.tolist()}: global "
-                         "reward statistics need the same prompts per process and the same tree")
-    return group.gather(rewards)
+    return gather_same_size(rewards, group, "scored leaves",
+                            "global reward statistics need the same prompts per process and the same tree")
 
 
 def track_globally(tracker: PromptStatTracker, prompts: list[str], prompt_index: torch.Tensor,

@@ -27,7 +27,8 @@ from treegrpo.advantages.functional import (
     normalize_per_group,
     scale_by_depth,
 )
-from treegrpo.advantages.distributed import SINGLE_PROCESS, RankGroup, gathered_rewards, track_globally
+from treegrpo.advantages.distributed import (SINGLE_PROCESS, RankGroup, gather_same_size, gathered_rewards,
+                                             track_globally)
 from treegrpo.advantages.stat_tracking import PromptStatTracker
 from treegrpo.registry import ADVANTAGES
 
@@ -122,17 +123,6 @@ def _num_elements(rollout: Any) -> int:
     return int(rollout.latents[0].numel())
 
 
-def _gather_same_size(tensor: Tensor, group: RankGroup) -> Tensor:
-    """[n] on every rank -> [world_size * n]; refuses ranks with different n."""
-    if group.world_size == 1:
-        return tensor
-    counts = group.gather(torch.tensor([tensor.numel()], device=tensor.device))
-    if bool((counts != tensor.numel()).any()):
-        raise ValueError(f"processes have different numbers of edges {counts.tolist()}: "
-                         "depth_norm='depth' needs the same trees on every process")
-    return group.gather(tensor)
-
-
 @ADVANTAGES.register_module()
 class TreeBackup(_LeafNormalizer):
     """TreeGRPO: group-normalised leaf advantages backed up the tree, then optionally reshaped
@@ -198,8 +188,9 @@ class TreeBackup(_LeafNormalizer):
         depth = node_depth(rollout.parent, rollout.leaf_nodes)
         edge = torch.nonzero(depth > 0).flatten()
         if self.depth_norm == "depth":
-            pool_adv = _gather_same_size(node_adv[edge], group)
-            pool_depth = _gather_same_size(depth[edge], group)
+            why = "depth_norm='depth' needs the same trees on every process"
+            pool_adv = gather_same_size(node_adv[edge], group, "edges", why)
+            pool_depth = gather_same_size(depth[edge], group, "edges", why)
             normed = normalize_per_group(node_adv[edge], depth[edge], self.eps, pool_adv, pool_depth)
             node_adv = node_adv.index_copy(0, edge, normed)
         elif self.depth_norm == "prompt_depth":
