@@ -126,11 +126,8 @@ def select_parents(
     child, slot = children_of(parent, parents)
     magnitude = advantage[child].detach().abs().float().cpu()
     slot = slot.cpu()
-    empty = torch.zeros(parents.numel())
-    if score == "max":
-        value = empty.scatter_reduce(0, slot, magnitude, "amax", include_self=False)
-    else:
-        value = empty.scatter_reduce(0, slot, magnitude, "mean", include_self=False)
+    reduce = {"max": "amax", "mean": "mean"}[score]
+    value = torch.zeros(parents.numel()).scatter_reduce(0, slot, magnitude, reduce, include_self=False)
     node = parents.cpu()
     tree = prompt_index[parents].cpu()
     keep = torch.zeros(parents.numel(), dtype=torch.bool)
