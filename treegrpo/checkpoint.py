@@ -228,10 +228,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def checkpoint_meta(runner, **extra: Any) -> dict[str, Any]:
+    """``meta.json`` of a runner checkpoint: iteration, seed, counters, config, world size."""
+    return {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
+            "config": runner.cfg.filename, "world_size": runner.world_size, **extra}
+
+
+def write_exports(runner, folder: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """The policy's own export format (``state``: gathered trained tensors of a sharded model) plus
+    the hooks' checkpoint files (e.g. the EMA weights) into ``folder``."""
+    if state is None:  # policies written before sharded exports take only the folder
+        runner.policy.save_export(folder)
+    else:
+        runner.policy.save_export(folder, state=state)
+    runner.call_hooks("save_to_checkpoint", folder)
+
+
+def restore_component_states(runner, advantage: dict | None, schedule: dict | None) -> None:
+    """Per-prompt reward statistics and schedule (bandit) state from a checkpoint; both optional
+    (checkpoints written before them, or components without state)."""
+    if hasattr(runner.advantage, "load_state_dict"):
+        runner.advantage.load_state_dict(advantage or {})
+    if schedule is not None:
+        runner.schedule.load_state_dict(schedule)
+
+
 def save_unsharded(runner, path: Path) -> None:
     """The runner's checkpoint when every process holds the whole model (every process calls it,
-    the main one writes): trained tensors, optimizer, lr scheduler, RNG, each process's per-prompt
-    reward statistics (they differ: each process sees its own prompts), the policy's export."""
+    the main one writes): trained tensors, optimizer, lr scheduler, RNG, each process's copy of the
+    per-prompt reward statistics (identical, as they come from gathered rewards), the export."""
     from accelerate.utils import gather_object
 
     advantage = gather_object([runner.advantage_state()])
@@ -244,15 +269,9 @@ def save_unsharded(runner, path: Path) -> None:
         "advantage": advantage[0], "advantage_per_rank": advantage,
         "schedule": runner.schedule_state(),
     }
-    meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
-            "config": runner.cfg.filename, "world_size": runner.world_size,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-    def write_extra(folder: Path) -> None:  # the policy's own format plus the hooks' files (EMA)
-        runner.policy.save_export(folder)
-        runner.call_hooks("save_to_checkpoint", folder)
-
-    save_checkpoint(path, runner.policy.trainable_state_dict(), training_state, meta, write_extra)
+    meta = checkpoint_meta(runner, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    save_checkpoint(path, runner.policy.trainable_state_dict(), training_state, meta,
+                    lambda folder: write_exports(runner, folder))
 
 
 def resume_unsharded(runner, path: Path) -> dict:
@@ -262,12 +281,9 @@ def resume_unsharded(runner, path: Path) -> dict:
     load_optimizer_state(runner.optimizer, training_state["optimizer"], path / "training_state.pt")
     runner.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
     torch.set_rng_state(training_state["torch_rng"])
-    if hasattr(runner.advantage, "load_state_dict"):  # this process's own statistics when saved
-        per_rank = training_state.get("advantage_per_rank") or []
-        own = per_rank[runner.rank] if len(per_rank) == runner.world_size else training_state.get("advantage", {})
-        runner.advantage.load_state_dict(own)
-    if training_state.get("schedule") is not None:  # optional: checkpoints before adaptive windows
-        runner.schedule.load_state_dict(training_state["schedule"])
+    per_rank = training_state.get("advantage_per_rank") or []  # this process's own copy when saved
+    own = per_rank[runner.rank] if len(per_rank) == runner.world_size else training_state.get("advantage")
+    restore_component_states(runner, own, training_state.get("schedule"))
     if meta.get("seed") != runner.seed or meta.get("world_size") != runner.world_size:
         warnings.warn(
             f"resuming a checkpoint made with seed={meta.get('seed')}, "

@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
-from .checkpoint import CheckpointError, fsync_dir, fsync_tree, read_meta
+from .checkpoint import (CheckpointError, checkpoint_meta, fsync_dir, fsync_tree, read_meta,
+                         restore_component_states, write_exports)
 
 SHARD_FOLDER = "sharded"
 
@@ -144,16 +145,10 @@ def save_runner_checkpoint(runner, path: Path) -> Path:
     RNG and reward statistics, the lr scheduler, and the main rank's gathered export."""
     rank_state = {"torch_rng": torch.get_rng_state(), "advantage": runner.advantage_state(),
                   "schedule": runner.schedule_state()}
-    meta = {"iteration": runner.iteration, "seed": runner.seed, "counters": runner.counters,
-            "config": runner.cfg.filename, "world_size": runner.world_size, "fsdp": runner.fsdp}
-
-    def export(folder: Path, full: dict) -> None:
-        runner.policy.save_export(folder, state=full)
-        runner.call_hooks("save_to_checkpoint", folder)
-
     return save_sharded_checkpoint(path, runner.train_model, runner.optimizer,
                                    {"lr_scheduler": runner.lr_scheduler.state_dict()}, rank_state,
-                                   meta, export)
+                                   checkpoint_meta(runner, fsdp=runner.fsdp),
+                                   lambda folder, full: write_exports(runner, folder, full))
 
 
 def resume_runner_checkpoint(runner, path: Path) -> dict:
@@ -169,8 +164,5 @@ def resume_runner_checkpoint(runner, path: Path) -> dict:
                                                 runner.world_size)
     runner.lr_scheduler.load_state_dict(shared["lr_scheduler"])
     torch.set_rng_state(own["torch_rng"])
-    if hasattr(runner.advantage, "load_state_dict"):
-        runner.advantage.load_state_dict(own.get("advantage", {}))
-    if own.get("schedule") is not None:  # optional: checkpoints before adaptive windows
-        runner.schedule.load_state_dict(own["schedule"])
+    restore_component_states(runner, own.get("advantage"), own.get("schedule"))
     return meta
