@@ -168,6 +168,33 @@ def test_shipped_generator_is_imperfect_but_draws_the_prompt(policy, reward):
     assert 0.45 < score < 0.95, f"shipped generator alignment {score:.3f}: retrain tools/pretrain_toy.py"
 
 
+
+def test_strict_reward_is_the_product_of_attribute_probabilities(reward):
+    """reduction='product' (the task with headroom) multiplies the per-attribute probabilities:
+    ~1 on clean renders, and one wrong attribute is enough to score near 0."""
+    strict = ToyAlignmentReward(reduction="product")
+    specs = sample_specs(12, torch.Generator().manual_seed(5))
+    images = render_specs(specs, generator=torch.Generator().manual_seed(6))
+    prompts = [spec_to_prompt(s) for s in specs]
+    probs = torch.stack(list(reward.attribute_scores(images, prompts).values()), dim=1)
+    expected = probs[:, 0] * probs[:, 1] * probs[:, 2] * probs[:, 3] * probs[:, 4]
+    assert torch.allclose(strict(images, prompts), expected)
+    assert (strict(images, prompts) > 0.85).all()
+    one_wrong = [spec_to_prompt(ShapeSpec(s.shape, s.colour, s.background, s.size, OPPOSITE[s.position]))
+                 for s in specs]  # only the position is wrong
+    assert (strict(images, one_wrong) < 0.1).all() and (reward(images, one_wrong) > 0.75).all()
+    with pytest.raises(ValueError, match=r"reduction must be one of \['mean', 'product'\], got 'min'"):
+        ToyAlignmentReward(reduction="min")
+
+
+def test_shipped_generator_leaves_headroom_on_the_strict_task(policy):
+    """The strict task must leave most of the reachable maximum (~1 on clean renders) to learn."""
+    specs = sample_specs(48, torch.Generator().manual_seed(3))
+    prompts = [spec_to_prompt(s) for s in specs]
+    images = policy.sample_images(prompts, num_steps=10, generator=torch.Generator().manual_seed(4))
+    score = ToyAlignmentReward(reduction="product")(images, prompts).mean().item()
+    assert 0.03 < score < 0.5, f"shipped generator strict alignment {score:.3f}"
+
 def test_policy_accepts_subclasses_of_its_kernel_and_refuses_others():
     from treegrpo.kernels import DDIMKernel, FlowMatchingKernel
     from treegrpo.policies import ToyFlowPolicy

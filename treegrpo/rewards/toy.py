@@ -2,7 +2,9 @@
 
 The shipped attribute classifier reads each image's shape, colour, background, size and
 position; the reward is the mean over these attributes of the probability it gives to the
-value the prompt asks for, in [0, 1]. :class:`ToyMetadataReward` scores the attributes given in
+value the prompt asks for, in [0, 1] (the quick task), or with ``reduction='product'`` their
+product, the classifier's probability that every attribute is right (the strict task, which
+the base generator mostly fails: ~0.13 on the eval split against ~1.0 for clean renders). :class:`ToyMetadataReward` scores the attributes given in
 each prompt record's metadata instead of parsing the prompt.
 """
 from __future__ import annotations
@@ -26,11 +28,19 @@ class ToyAlignmentReward(Reward):
         checkpoint: classifier safetensors (None: the shipped
             ``treegrpo/toy/weights/toy_classifier.safetensors``), loaded on first use.
         device: where the classifier runs; the result is returned on the images' device.
+        reduction: how the per-attribute probabilities [L, 5] become one score: ``'mean'``
+            (partial credit) or ``'product'`` (all attributes right).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> None:
+    REDUCTIONS = ("mean", "product")
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+                 reduction: str = "mean") -> None:
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {list(self.REDUCTIONS)}, got {reduction!r}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else CLASSIFIER_WEIGHTS
         self.device = torch.device(device)
+        self.reduction = reduction
         self._model: ToyClassifier | None = None
 
     @property
@@ -51,11 +61,12 @@ class ToyAlignmentReward(Reward):
         return {name: probs[:, a] for a, name in enumerate(ATTRIBUTES)}
 
     def __repr__(self) -> str:
-        return f"ToyAlignmentReward(checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r})"
+        return (f"ToyAlignmentReward(checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r}, "
+                f"reduction={self.reduction!r})")
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        scores = self.attribute_scores(images, prompts)
-        return torch.stack(list(scores.values()), dim=1).mean(dim=1)
+        probs = torch.stack(list(self.attribute_scores(images, prompts).values()), dim=1)
+        return probs.prod(dim=1) if self.reduction == "product" else probs.mean(dim=1)
 
 
 METADATA_ALIASES = {"color": "colour"}  # accepted spellings of metadata keys
