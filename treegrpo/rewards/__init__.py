@@ -1,12 +1,13 @@
 """Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
 (registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, toy
+from . import clip_family, combine, http, image_reward, image_stats, ocr, toy
 from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
 from .http import HTTPReward
 from .image_reward import ImageReward
 from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibility
+from .ocr import OCRReward
 from .toy import ToyAlignmentReward, ToyMetadataReward
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ImageReward",
     "JPEGCompressibility",
     "JPEGIncompressibility",
+    "OCRReward",
     "PickScore",
     "Reward",
     "RewardError",
@@ -33,5 +35,6 @@ __all__ = [
     "image_reward",
     "image_stats",
     "metadata_caller",
+    "ocr",
     "toy",
 ]

@@ -198,10 +198,11 @@ def _error_message(status: int, reason: str, body: bytes) -> str:
 
 
 def post_within(url: str, body: bytes, headers: dict[str, str],
-                timeout: float) -> tuple[int, str, bytes]:
+                timeout: float, max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, str, bytes]:
     """POST ``body`` to ``url`` -> (status, reason, answer body). The whole exchange (connect,
     send, every read) must end within ``timeout`` seconds: a timer then shuts the socket down
-    and TimeoutError is raised. Connection and protocol failures raise OSError / HTTPException."""
+    and TimeoutError is raised. Connection and protocol failures raise OSError / HTTPException.
+    At most ``max_bytes + 1`` bytes of the answer are read (more than ``max_bytes``: too large)."""
     parts = urllib.parse.urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
@@ -230,7 +231,7 @@ def post_within(url: str, body: bytes, headers: dict[str, str],
         check_deadline()
         connection.request("POST", target, body, headers)
         response = connection.getresponse()
-        answer = response.read(MAX_ANSWER_BYTES + 1)
+        answer = response.read(max_bytes + 1)
         check_deadline()  # a shut-down socket can look like a short, complete answer
         return response.status, response.reason, answer
     except (OSError, http.client.HTTPException):
