@@ -1,6 +1,6 @@
 """Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
 (registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, ocr, toy
+from . import clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy
 from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
@@ -8,6 +8,7 @@ from .http import HTTPReward
 from .image_reward import ImageReward
 from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibility
 from .ocr import OCRReward
+from .structured import StructuredReward
 from .toy import ToyAlignmentReward, ToyMetadataReward
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PickScore",
     "Reward",
     "RewardError",
+    "StructuredReward",
     "ToyAlignmentReward",
     "ToyMetadataReward",
     "WeightedSum",
@@ -36,5 +38,7 @@ __all__ = [
     "image_stats",
     "metadata_caller",
     "ocr",
+    "structured",
+    "structured_detectors",
     "toy",
 ]
