@@ -1,6 +1,6 @@
 """Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
 (registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy
+from . import clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy, vlm_judge
 from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
@@ -10,6 +10,7 @@ from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibilit
 from .ocr import OCRReward
 from .structured import StructuredReward
 from .toy import ToyAlignmentReward, ToyMetadataReward
+from .vlm_judge import VLMJudgeReward
 
 __all__ = [
     "Aesthetic",
@@ -27,6 +28,7 @@ __all__ = [
     "StructuredReward",
     "ToyAlignmentReward",
     "ToyMetadataReward",
+    "VLMJudgeReward",
     "WeightedSum",
     "accepts_metadata",
     "check_images",
@@ -41,4 +43,5 @@ __all__ = [
     "structured",
     "structured_detectors",
     "toy",
+    "vlm_judge",
 ]
