@@ -49,7 +49,7 @@ def test_judge_request_and_scores(monkeypatch):
     monkeypatch.setenv("VLM_TEST_KEY", "sk-test-123")
     images = quantized()
     with fake_server(replying("Score: 7")) as (url, received):
-        reward = build(REWARDS, dict(type="VLMJudgeReward", url=url, model="judge-1", api_key_env="VLM_TEST_KEY",
+        reward = build(REWARDS, dict(type="VLMJudgeReward", url=url, model_name="judge-1", api_key_env="VLM_TEST_KEY",
                                      template='Does it show "{prompt}" with text "{text}"?',
                                      metadata_fields=["text"], timeout=5))
         scores = reward(images, ["a cat", "a dog"], metadata=[{"text": "HI"}, {"text": "YO"}])
@@ -130,10 +130,10 @@ def test_constructor_refuses_bad_settings(monkeypatch):
         (dict(fallback=2), r"fallback must be None or a number in \[0, 1\]"),
         (dict(concurrency=0), "concurrency must be an integer"),
         (dict(url="ftp://x"), "url must start with"),
-        (dict(model=""), "model must be"),
+        (dict(model_name=""), "model_name must be"),
     ]
     for kwargs, message in cases:
-        args = {"url": "http://127.0.0.1:1/v1/chat/completions", "model": "m", **kwargs}
+        args = {"url": "http://127.0.0.1:1/v1/chat/completions", "model_name": "m", **kwargs}
         with pytest.raises(ValueError, match=message):
             VLMJudgeReward(**args)
     reward = VLMJudgeReward("http://127.0.0.1:1/", "m", template="{prompt}: {text}", metadata_fields=["text"])

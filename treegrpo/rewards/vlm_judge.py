@@ -3,7 +3,7 @@
 
 One request per image (at most ``concurrency`` at once), body::
 
-    {"model": MODEL, "temperature": 0, "max_tokens": N,
+    {"model": MODEL_NAME, "temperature": 0, "max_tokens": N,
      "messages": [{"role": "user", "content": [
          {"type": "text", "text": TEMPLATE filled with {prompt} and the record's fields},
          {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}]}]}
@@ -18,7 +18,7 @@ naming it, or, with ``fallback`` set, scores ``fallback`` and is counted
 Config example::
 
     reward = dict(type='VLMJudgeReward', url='http://127.0.0.1:8000/v1/chat/completions',
-                  model='Qwen2.5-VL-7B-Instruct', api_key_env='VLM_API_KEY',
+                  model_name='Qwen2.5-VL-7B-Instruct', api_key_env='VLM_API_KEY',
                   template='Rate 0-10 how well the image shows "{prompt}" with the text '
                            '"{text}". Answer with the number only.',
                   metadata_fields=['text'], score_range=(0, 10))
@@ -96,7 +96,8 @@ class VLMJudgeReward(Reward):
 
     Args:
         url: the chat-completions address (``http(s)://.../v1/chat/completions``).
-        model: model name sent in the request.
+        model_name: the served model's name, sent as the request's ``model`` (a name, not a
+            path this machine checks: the config check leaves it alone).
         template: the question, a ``str.format`` string over ``{prompt}`` and ``metadata_fields``.
         metadata_fields: record fields the template may use (others are refused here).
         score_regex: where the number is in the answer (first group, or the whole match).
@@ -108,15 +109,15 @@ class VLMJudgeReward(Reward):
         headers: extra HTTP headers.
     """
 
-    def __init__(self, url: str, model: str, template: str = "{prompt}",
+    def __init__(self, url: str, model_name: str, template: str = "{prompt}",
                  metadata_fields: list[str] | tuple[str, ...] = (), score_regex: str = r"(-?\d+(?:\.\d+)?)",
                  score_range: tuple[float, float] | list[float] = (0, 10), fallback: float | None = None,
                  api_key_env: str | None = None, timeout: float = 120.0, max_answer_bytes: int = 1 << 20,
                  concurrency: int = 4, max_tokens: int = 16, headers: dict[str, str] | None = None) -> None:
         check_url(url, "VLMJudgeReward url")
         check_timeout(timeout, "VLMJudgeReward timeout")
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"VLMJudgeReward model must be the served model's name, got {model!r}")
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError(f"VLMJudgeReward model_name must be the served model's name, got {model_name!r}")
         if not isinstance(template, str) or not template.strip():
             raise ValueError("VLMJudgeReward template must be a non-empty string, e.g. 'Rate 0-10: {prompt}'")
         if isinstance(metadata_fields, str) or not all(isinstance(f, str) and f.isidentifier() for f in metadata_fields):
@@ -147,7 +148,7 @@ class VLMJudgeReward(Reward):
                 raise ValueError(f"VLMJudgeReward api_key_env={api_key_env!r} names an environment variable "
                                  f"that is not set: export {api_key_env}=<your key> (the key never goes in the config)")
             self.headers["Authorization"] = f"Bearer {key}"
-        self.url, self.model, self.template, self.api_key_env = url, model, template, api_key_env
+        self.url, self.model_name, self.template, self.api_key_env = url, model_name, template, api_key_env
         self.metadata_fields = tuple(metadata_fields)
         self.lo, self.hi = float(score_range[0]), float(score_range[1])
         self.fallback, self.timeout, self.concurrency = fallback, float(timeout), concurrency
@@ -169,7 +170,7 @@ class VLMJudgeReward(Reward):
 
     def judge(self, question: str, png: str) -> float | None:
         """One request -> the mapped score, or None (fallback) / RewardError for a bad answer."""
-        payload = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+        payload = {"model": self.model_name, "temperature": 0, "max_tokens": self.max_tokens,
                    "messages": [{"role": "user", "content": [
                        {"type": "text", "text": question},
                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]}]}
@@ -209,5 +210,5 @@ class VLMJudgeReward(Reward):
         return {"reward/vlm_fallbacks": float(self.fallbacks)} if self.fallback is not None else {}
 
     def __repr__(self) -> str:
-        return (f"VLMJudgeReward(url={self.url!r}, model={self.model!r}, score_range=({self.lo:g}, {self.hi:g}), "
+        return (f"VLMJudgeReward(url={self.url!r}, model_name={self.model_name!r}, score_range=({self.lo:g}, {self.hi:g}), "
                 f"fallback={self.fallback}, api_key_env={self.api_key_env!r}, concurrency={self.concurrency})")
