@@ -1,13 +1,16 @@
 """Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
 (registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, toy
+from . import clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy, vlm_judge
 from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
 from .http import HTTPReward
 from .image_reward import ImageReward
 from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibility
+from .ocr import OCRReward
+from .structured import StructuredReward
 from .toy import ToyAlignmentReward, ToyMetadataReward
+from .vlm_judge import VLMJudgeReward
 
 __all__ = [
     "Aesthetic",
@@ -18,11 +21,14 @@ __all__ = [
     "ImageReward",
     "JPEGCompressibility",
     "JPEGIncompressibility",
+    "OCRReward",
     "PickScore",
     "Reward",
     "RewardError",
+    "StructuredReward",
     "ToyAlignmentReward",
     "ToyMetadataReward",
+    "VLMJudgeReward",
     "WeightedSum",
     "accepts_metadata",
     "check_images",
@@ -33,5 +39,9 @@ __all__ = [
     "image_reward",
     "image_stats",
     "metadata_caller",
+    "ocr",
+    "structured",
+    "structured_detectors",
     "toy",
+    "vlm_judge",
 ]

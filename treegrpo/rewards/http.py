@@ -198,10 +198,11 @@ def _error_message(status: int, reason: str, body: bytes) -> str:
 
 
 def post_within(url: str, body: bytes, headers: dict[str, str],
-                timeout: float) -> tuple[int, str, bytes]:
+                timeout: float, max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, str, bytes]:
     """POST ``body`` to ``url`` -> (status, reason, answer body). The whole exchange (connect,
     send, every read) must end within ``timeout`` seconds: a timer then shuts the socket down
-    and TimeoutError is raised. Connection and protocol failures raise OSError / HTTPException."""
+    and TimeoutError is raised. Connection and protocol failures raise OSError / HTTPException.
+    At most ``max_bytes + 1`` bytes of the answer are read (more than ``max_bytes``: too large)."""
     parts = urllib.parse.urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
@@ -230,7 +231,7 @@ def post_within(url: str, body: bytes, headers: dict[str, str],
         check_deadline()
         connection.request("POST", target, body, headers)
         response = connection.getresponse()
-        answer = response.read(MAX_ANSWER_BYTES + 1)
+        answer = response.read(max_bytes + 1)
         check_deadline()  # a shut-down socket can look like a short, complete answer
         return response.status, response.reason, answer
     except (OSError, http.client.HTTPException):
@@ -239,6 +240,26 @@ def post_within(url: str, body: bytes, headers: dict[str, str],
     finally:
         timer.cancel()
         connection.close()
+
+
+def check_url(url: str, what: str = "url") -> None:
+    """ValueError (naming ``what``) unless ``url`` is http(s)://host[:port]..."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must start with 'http://' or 'https://', got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        has_host = bool(parts.hostname) and parts.port != 0  # .port raises on a bad port
+    except ValueError:
+        has_host = False
+    if not has_host:
+        raise ValueError(f"{what} must name a host and an optional numeric port, got {url!r}")
+
+
+def check_timeout(timeout: float, what: str = "timeout") -> None:
+    """ValueError (naming ``what``) unless ``timeout`` is a finite number of seconds > 0."""
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout) or not timeout > 0):
+        raise ValueError(f"{what} must be a number of seconds > 0, got {timeout!r}")
 
 
 @REWARDS.register_module()
@@ -260,18 +281,8 @@ class HTTPReward(Reward):
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
                  batch_size: int | None = None, headers: dict[str, str] | None = None,
                  secret_env: str | None = None) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with 'http://' or 'https://', got {url!r}")
-        try:
-            parts = urllib.parse.urlsplit(url)
-            has_host = bool(parts.hostname) and parts.port != 0  # .port raises on a bad port
-        except ValueError:
-            has_host = False
-        if not has_host:
-            raise ValueError(f"url must name a host and an optional numeric port, got {url!r}")
-        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                or not math.isfinite(timeout) or not timeout > 0):
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        check_url(url)
+        check_timeout(timeout)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         if (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
