@@ -18,8 +18,9 @@ prompt can set every widget).
 - Only the rewards :func:`pack_allows` are run, checked by class after resolution in the reward
   registry (at every nesting level, and again on the built object): the local rewards treegrpo
   ships, plus plugin rewards whose class sets ``comfyui_allowed = True``. Rewards that reach the
-  network (``HTTPReward`` and its subclasses: a workflow could make the server send requests to
-  any address) are refused, opted in or not.
+  network (``Reward.sends_requests``: HTTPReward, VLMJudgeReward, StructuredReward, and anything
+  subclassing them; a workflow could make the server send requests to any address) are refused,
+  opted in or not.
 """
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ def is_path_key(key: Any) -> bool:
 
 
 def is_network_reward(cls: type) -> bool:
-    """True for HTTPReward and its subclasses (rewards that send the images to a URL)."""
+    """True for rewards that may send requests (``sends_requests``: HTTPReward, the VLM judge,
+    the structured reward's detectors) and every subclass of HTTPReward, whatever it sets."""
     from treegrpo.rewards.http import HTTPReward
 
-    return issubclass(cls, HTTPReward)
+    return issubclass(cls, HTTPReward) or getattr(cls, "sends_requests", False) is not False
 
 
 def pack_allows(cls: type) -> bool:

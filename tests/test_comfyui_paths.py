@@ -152,6 +152,8 @@ def test_policy_model_path_from_the_config_is_never_downloaded(root):
     ("HPSv2", {"checkpoint": "clip", "clip_path": "/tmp"}, PathNotAllowedError, "outside"),
     ("ImageReward", {"checkpoint": "clip"}, FileNotFoundError, "reward.tokenizer = 'bert-base-uncased'"),
     ("HTTPReward", {"url": "http://127.0.0.1:8000/score"}, ValueError, "SSRF"),
+    ("VLMJudgeReward", {"url": "http://169.254.169.254/v1/chat/completions", "model_name": "m"}, ValueError, "SSRF"),
+    ("StructuredReward", {"detector": {"url": "http://10.0.0.1/detect"}}, ValueError, "SSRF|may not set"),
     ("WeightedSum", {"rewards": [{"type": "HTTPReward", "url": "http://10.0.0.1/"}], "weights": [1.0]}, ValueError,
      "SSRF"),
 ])
@@ -175,8 +177,27 @@ def test_reward_spec_defaults_are_written_out_and_resolved(root):
         logic.build_reward("config", "", {"type": "HPSv2", "checkpoint": "weights/HPS_v2.1_compressed.pt"})
 
 
+def test_every_shipped_reward_with_a_url_argument_is_refused_as_a_network_reward():
+    """A reward that takes a URL (or builds a detector / engine that may) must say so with
+    ``sends_requests``: the pack's SSRF guard is by class, so a new one must not slip through."""
+    import inspect
+
+    from comfyui_nodes.safety import is_network_reward, pack_allows
+    from treegrpo.registry import REWARDS, registered_names
+
+    network = set()
+    for name in registered_names(REWARDS):
+        cls = REWARDS.get(name)
+        params = set(inspect.signature(cls.__init__).parameters)
+        if params & {"url", "detector", "base_url", "endpoint"}:
+            assert is_network_reward(cls) and not pack_allows(cls), name
+            network.add(name)
+    assert {"HTTPReward", "VLMJudgeReward", "StructuredReward"} <= network
+
+
 def test_http_reward_is_not_offered_and_reward_names_never_raise(root, monkeypatch, caplog):
     assert "HTTPReward" not in logic.reward_names() and "ToyAlignmentReward" in logic.reward_names()
+    assert "VLMJudgeReward" not in logic.reward_names()
     assert "HTTPReward" not in NODES["TreegrpoScoreImages"].INPUT_TYPES()["required"]["reward"][0]
     import treegrpo.registry
 

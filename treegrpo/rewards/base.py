@@ -27,7 +27,13 @@ class Reward(abc.ABC):
     A reward that needs the prompt records' other fields adds a keyword ``metadata=None`` (a
     list of L dicts, one per image: the record of that image's prompt without ``'prompt'``);
     callers pass it only to rewards whose signature has it (:func:`metadata_caller`).
+
+    ``sends_requests``: True on rewards that may send images or text to a URL (a server, a
+    remote detector or judge); the ComfyUI nodes refuse these by class (a workflow could point
+    them at any address the server reaches).
     """
+
+    sends_requests: bool = False
 
     @property
     def name(self) -> str:

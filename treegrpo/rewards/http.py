@@ -278,6 +278,8 @@ class HTTPReward(Reward):
             as ``X-Treegrpo-Secret``); the secret itself never goes into a config file.
     """
 
+    sends_requests = True
+
     def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
                  batch_size: int | None = None, headers: dict[str, str] | None = None,
                  secret_env: str | None = None) -> None:

@@ -182,6 +182,8 @@ class StructuredReward(Reward):
         margin: the position margin of :func:`box_relations` (GenEval: 0.1).
     """
 
+    sends_requests = True  # its detector may be an HTTPDetector
+
     def __init__(self, detector: Any, mode: str = "fraction", spec_key: str | None = None,
                  score_threshold: float = 0.3, margin: float = 0.1) -> None:
         if mode not in MODES:

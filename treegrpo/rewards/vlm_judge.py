@@ -109,6 +109,8 @@ class VLMJudgeReward(Reward):
         headers: extra HTTP headers.
     """
 
+    sends_requests = True
+
     def __init__(self, url: str, model_name: str, template: str = "{prompt}",
                  metadata_fields: list[str] | tuple[str, ...] = (), score_regex: str = r"(-?\d+(?:\.\d+)?)",
                  score_range: tuple[float, float] | list[float] = (0, 10), fallback: float | None = None,
