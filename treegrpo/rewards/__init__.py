@@ -1,18 +1,21 @@
-"""Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
-(registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, toy
-from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
+"""Rewards: images [L, 3, H, W] in [0, 1] (video rewards: clips [L, F, 3, H, W]) + prompts
+(+ optional metadata) -> scores [L] (registry ``REWARDS``)."""
+from . import clip_family, combine, http, image_reward, image_stats, toy, video
+from .base import (Reward, RewardError, accepts_metadata, check_images, check_rewards, check_videos,
+                   metadata_caller)
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
 from .http import HTTPReward
 from .image_reward import ImageReward
 from .image_stats import Colorfulness, JPEGCompressibility, JPEGIncompressibility
 from .toy import ToyAlignmentReward, ToyMetadataReward
+from .video import FrameAveragedReward, TemporalConsistencyReward
 
 __all__ = [
     "Aesthetic",
     "CLIPScore",
     "Colorfulness",
+    "FrameAveragedReward",
     "HPSv2",
     "HTTPReward",
     "ImageReward",
@@ -21,12 +24,14 @@ __all__ = [
     "PickScore",
     "Reward",
     "RewardError",
+    "TemporalConsistencyReward",
     "ToyAlignmentReward",
     "ToyMetadataReward",
     "WeightedSum",
     "accepts_metadata",
     "check_images",
     "check_rewards",
+    "check_videos",
     "clip_family",
     "combine",
     "http",
@@ -34,4 +39,5 @@ __all__ = [
     "image_stats",
     "metadata_caller",
     "toy",
+    "video",
 ]
