@@ -126,3 +126,40 @@ def test_one_training_iteration_on_video_latents(tmp_path, sampler, advantage):
     assert math.isfinite(record["losses/policy_loss"])
     after = runner.policy.denoiser.state_dict()
     assert any(not torch.equal(after[k].cpu(), before[k]) for k in before)
+
+
+def test_save_grid_writes_png_for_images_and_gif_for_clips(tmp_path):
+    from PIL import Image
+
+    from treegrpo.utils import save_grid
+
+    assert save_grid(torch.zeros(2, 3, 4, 4), tmp_path / "grid.png") == tmp_path / "grid.png"
+    clips = torch.zeros(2, FRAMES, 3, 4, 4)
+    clips[:, 1] = 1.0  # the middle frame white, the others black
+    path = save_grid(clips, tmp_path / "video.png", nrow=2, fps=4)
+    assert path == tmp_path / "video.gif" and not (tmp_path / "video.png").exists()
+    with Image.open(path) as gif:
+        assert gif.n_frames == FRAMES and gif.info["duration"] == 250 and gif.size == (14, 8)  # 2 x 4px + padding
+        centres = []
+        for t in range(FRAMES):
+            gif.seek(t)
+            centres.append(gif.convert("L").getpixel((3, 3)))  # inside the first clip
+    assert centres == [0, 255, 0]
+    with pytest.raises(ValueError, match="fps must be an int >= 1"):
+        save_grid(clips, tmp_path / "bad.png", fps=0)
+
+
+def test_eval_hook_writes_an_animated_preview_of_video_samples(tmp_path):
+    extra = ("policy = dict(type='TinyVideoPolicy')\n"
+             "hooks = [dict(type='LoggerHook', interval=1), dict(type='EvalHook', interval=1, num_prompts=2,"
+             " grid_size=2,"
+             " dataset=dict(type='PromptList', prompts=['a cat', 'a dog']))]\n")
+    config = write_config(tmp_path, reward="VideoBrightnessReward", iters=1, extra=extra)
+    train_main([config, "--work-dir", str(tmp_path / "run")])
+    from PIL import Image
+
+    previews = sorted((tmp_path / "run" / "eval").iterdir())  # before the run and after iteration 1
+    assert [p.suffix for p in previews] == [".gif", ".gif"]
+    with Image.open(previews[0]) as gif:
+        assert gif.n_frames == FRAMES
+    assert sum("eval/reward_mean" in r for r in read_log(tmp_path / "run")) == 2
