@@ -148,3 +148,10 @@ def test_exported_lora_loads_into_the_stock_pipeline(tiny_wan, tmp_path):
 def test_constructor_errors(tiny_wan, override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         WanPolicy(tiny_wan, **{**SIZE, **override})
+
+
+def test_fsdp_wrap_class_occurs_in_the_wan_transformer(policy):
+    from treegrpo.distributed import WRAP_CLASSES, check_wrap_classes
+
+    assert WRAP_CLASSES["WanPolicy"] == ("WanTransformerBlock",)
+    check_wrap_classes(policy.denoiser, list(WRAP_CLASSES["WanPolicy"]))

@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     write_outputs(out, rows, info, images, args.grid_size)
     print(markdown_table(rows), end="")
-    print(f"wrote {out}/metrics.md, metrics.csv, metrics.json, grid.png")
+    print(f"wrote {out}/metrics.md, metrics.csv, metrics.json, grid.png (video samples: grid.gif)")
     return info
 
 
