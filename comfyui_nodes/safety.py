@@ -152,11 +152,18 @@ def check_reward_classes(spec: Any, where: str = "reward") -> None:
 
 
 def check_built_reward(reward: Any, where: str = "reward") -> Any:
-    """``reward`` if its class and those of its parts (WeightedSum.parts) are ones the nodes run."""
+    """``reward`` if its class and those of every reward it holds (WeightedSum.parts, a wrapper's
+    inner reward such as FrameAveragedReward.reward: any attribute that is a Reward or a list of
+    them, at any depth) are ones the nodes run."""
+    from treegrpo.rewards.base import Reward
+
     check_pack_reward(type(reward), where)
-    if is_combination(type(reward)):
-        for index, part in enumerate(reward.parts):
-            check_built_reward(part, f"{where}.parts[{index}]")
+    for name, value in vars(reward).items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, Reward):
+                at = f"{where}.{name}" + (f"[{index}]" if isinstance(value, (list, tuple)) else "")
+                check_built_reward(item, at)
     return reward
 
 

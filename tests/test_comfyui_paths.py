@@ -173,6 +173,10 @@ def test_reward_spec_defaults_are_written_out_and_resolved(root):
     with pytest.raises(ValueError, match="SSRF"):
         logic.build_reward("config", "", {"type": "WeightedSum", "weights": [1.0],
                                           "rewards": [{"type": "HTTPReward", "url": "http://x/"}]})
+    # ... and a wrapper's inner reward (FrameAveragedReward.reward), found on the built object
+    with pytest.raises(ValueError, match=r"reward\.reward: HTTPReward .*SSRF"):
+        logic.build_reward("config", "", {"type": "FrameAveragedReward",
+                                          "reward": {"type": "HTTPReward", "url": "http://x/"}})
     with pytest.raises(FileNotFoundError, match="reward.checkpoint = 'weights/HPS_v2.1_compressed.pt'"):
         logic.build_reward("config", "", {"type": "HPSv2", "checkpoint": "weights/HPS_v2.1_compressed.pt"})
 

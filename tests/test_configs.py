@@ -85,7 +85,7 @@ GPU_CONFIGS = {"treegrpo_sd3_hps": "sd3", "grpo_sd3_hps": "sd3", "treegrpo_sd3_h
 
 def test_every_non_toy_config_has_a_dry_run():
     non_toy = {Path(c).stem for c in ALL_CONFIGS if c not in CONFIGS}
-    assert non_toy == set(GPU_CONFIGS) | {"treegrpo_sd35_jpeg"}
+    assert non_toy == set(GPU_CONFIGS) | {"treegrpo_sd35_jpeg", "treegrpo_wan_t2v"}
 
 
 @pytest.mark.parametrize("config", sorted(GPU_CONFIGS))
@@ -109,6 +109,20 @@ def test_sd35_config_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):
     runner = train_main([str(ROOT / "configs/treegrpo_sd35_jpeg.py"), "--work-dir", str(tmp_path),
                          "--cfg-options", f"policy.model_path={tiny_models['sd3']}", *TINY_OVERRIDES])
     assert type(runner.policy).__name__ == "SD3Policy" and runner.iteration == 1
+    assert (tmp_path / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_wan_config_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):
+    clip = tiny_models["clip_reward"]
+    hps = [f"reward.rewards.0.reward.{o}" for o in (f"checkpoint={clip}", f"clip_path={clip}", "dtype=float32")]
+    overrides = [f"policy.model_path={tiny_models['wan']}", "policy.height=16", "policy.width=16",
+                 "policy.num_frames=5", "policy.max_sequence_length=16",
+                 *[o for o in TINY_OVERRIDES if not o.startswith("policy.resolution")], *hps]
+    runner = train_main([str(ROOT / "configs/treegrpo_wan_t2v.py"), "--work-dir", str(tmp_path),
+                         "--cfg-options", *overrides])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert type(runner.policy).__name__ == "WanPolicy" and runner.iteration == 1
+    assert {"reward/hps", "reward/temporal"} <= set(records[-1])
     assert (tmp_path / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 

@@ -35,7 +35,7 @@ from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, build, registered_names  # noqa: E402
 from treegrpo.rewards.base import check_rewards, load_reward_weights, metadata_caller  # noqa: E402
 from treegrpo.benchmarking import PAPER_REWARD_MAX, normalized_reward  # noqa: E402
-from treegrpo.utils import derive_seed, image_grid  # noqa: E402
+from treegrpo.utils import derive_seed, save_grid  # noqa: E402
 
 TRAINING_REWARD = "reward"
 
@@ -178,7 +178,7 @@ def write_outputs(out: Path, rows: list[dict], info: dict, images: torch.Tensor,
         writer.writeheader()
         writer.writerows(rows)
     (out / "metrics.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    image_grid(images[:grid_size], nrow=8).save(out / "grid.png")
+    save_grid(images[:grid_size], out / "grid.png", nrow=8)  # video clips: grid.gif
 
 
 def main(argv=None) -> dict:
@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     write_outputs(out, rows, info, images, args.grid_size)
     print(markdown_table(rows), end="")
-    print(f"wrote {out}/metrics.md, metrics.csv, metrics.json, grid.png")
+    print(f"wrote {out}/metrics.md, metrics.csv, metrics.json, grid.png (video samples: grid.gif)")
     return info
 
 

@@ -1,6 +1,6 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, clip_reward
+    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, wan, clip_reward
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
 
 ``clip_reward`` is a transformers CLIPModel folder with its tokenizer, usable wherever the
@@ -210,6 +210,16 @@ class TinyClipReward:
 
 BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline,
             "clip_reward": TinyClipReward}
+
+
+def tiny_wan(seed: int = 0):
+    """The tiny Wan 2.1 text-to-video pipeline of :mod:`tools.tiny_wan`."""
+    from tools.tiny_wan import tiny_wan_pipeline
+
+    return tiny_wan_pipeline(seed)
+
+
+BUILDERS["wan"] = tiny_wan
 
 
 def main(argv=None) -> dict[str, Path]:

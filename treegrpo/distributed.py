@@ -33,6 +33,7 @@ WRAP_CLASSES = {
     "SD3Policy": ("JointTransformerBlock",),
     "FluxPolicy": ("FluxTransformerBlock", "FluxSingleTransformerBlock"),
     "StableDiffusionPolicy": ("BasicTransformerBlock", "ResnetBlock2D"),
+    "WanPolicy": ("WanTransformerBlock",),
 }
 FSDP_DEFAULTS = dict(wrap_classes=None, reshard_after_forward=True, cpu_offload=False)
 

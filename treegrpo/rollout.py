@@ -10,6 +10,11 @@ to ``images[i]`` and is scored as one sample.
 
 Tree rollouts (TreeGRPO) are k-ary trees of depth d per prompt; flat rollouts (GRPO) are
 chains, one per trajectory. Everything downstream treats both the same way.
+
+Nothing here depends on the latent rank: image models store latents ``[N, C, H, W]``, video
+models (Wan) ``[N, C, F, H, W]``; log-probs average over every non-batch dim. A video policy
+decodes leaves to frames ``[L, F, 3, H, W]`` in [0, 1], which video rewards take
+(:func:`treegrpo.rewards.base.check_videos`).
 """
 from __future__ import annotations
 
@@ -28,13 +33,13 @@ class Rollout:
     prompts: list[str]  # [P] one group (tree, or G flat trajectories) per prompt
     cond: dict[str, torch.Tensor]  # prompt conditioning, every tensor [P, ...]
     levels: torch.Tensor  # [T+1] noise levels of the schedule (sigmas or alpha_bars)
-    latents: torch.Tensor  # [N, C, H, W] state of each node before its step
+    latents: torch.Tensor  # [N, C, H, W] (video: [N, C, F, H, W]) state of each node before its step
     step: torch.Tensor  # [N] long, the step index of each node's state
     parent: torch.Tensor  # [N] long, parent node or -1 for a root
     log_prob: torch.Tensor  # [N] float32, log-prob of the edge parent -> node (0 for roots)
     prompt_index: torch.Tensor  # [N] long, which prompt (group) the node belongs to
     leaf_nodes: torch.Tensor  # [L] long, node index of each leaf
-    images: torch.Tensor  # [L, 3, H, W] float in [0, 1], decoded leaves
+    images: torch.Tensor  # [L, 3, H, W] float in [0, 1], decoded leaves (video: frames [L, F, 3, H, W])
     nfe: int  # model forwards spent on this rollout (CFG counted twice)
     guidance_scale: float = 1.0
 

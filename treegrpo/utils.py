@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -52,6 +53,22 @@ def timer(times: dict[str, float], key: str, device: torch.device | str | None =
         if sync:
             torch.cuda.synchronize(device)
         times[key] = times.get(key, 0.0) + time.perf_counter() - start
+
+
+def save_grid(images: torch.Tensor, path, nrow: int = 8, fps: int = 8) -> Path:
+    """Write a preview grid: images [B, 3, H, W] -> ``path`` as PNG; clips [B, F, 3, H, W] (video
+    policies) -> an animated GIF next to it (``path`` with suffix ``.gif``; one grid per frame,
+    ``fps`` frames a second, looping; Pillow's GIF writer, 256 colours). Returns the path written."""
+    path = Path(path)
+    if images.dim() != 5:
+        image_grid(images, nrow=nrow).save(path)
+        return path
+    if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
+        raise ValueError(f"fps must be an int >= 1, got {fps!r}")
+    frames = [image_grid(images[:, t], nrow=nrow) for t in range(images.shape[1])]
+    path = path.with_suffix(".gif")
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=max(1, round(1000 / fps)), loop=0)
+    return path
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:

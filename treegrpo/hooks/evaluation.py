@@ -10,7 +10,7 @@ from ..datasets import dataset_record
 from ..registry import DATASETS, HOOKS, REWARDS, build
 from ..rewards.base import check_rewards, metadata_caller
 from ..samplers.common import decode, ode_integrate
-from ..utils import image_grid, make_generator
+from ..utils import make_generator, save_grid
 from .base import Hook
 
 
@@ -59,7 +59,8 @@ class EvalHook(Hook):
     """Every ``interval`` iterations (and before the first and after the last), sample the first
     ``num_prompts`` prompts of ``dataset`` with the ODE sampler from fixed noise and log the mean
     and std of the training reward and of any ``extra_rewards`` under ``eval/``. Writes
-    ``eval/iter_<n>.png`` (grid of the first ``grid_size`` samples).
+    ``eval/iter_<n>.png`` (grid of the first ``grid_size`` samples; video policies: an animated
+    ``eval/iter_<n>.gif``, one grid per frame).
 
     With several processes the prompts are dealt out in turn (rank r samples prompts r, r + W, ...),
     each from its row of the evaluation noise (all prompts' noise drawn at once from ``seed``, as
@@ -142,5 +143,5 @@ class EvalHook(Hook):
         if runner.is_main:
             path = runner.work_dir / "eval" / f"iter_{runner.iteration:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            image_grid(grid, nrow=8).save(path)
+            save_grid(grid, path, nrow=8)  # clips: iter_<n>.gif
         return results

@@ -18,7 +18,7 @@ def flow_ode_step(
     sigma: torch.Tensor | float,
     sigma_next: torch.Tensor | float,
 ) -> torch.Tensor:
-    """Euler step ``x + v * (sigma_next - sigma)``. x, v: [B, C, H, W] -> [B, C, H, W]."""
+    """Euler step ``x + v * (sigma_next - sigma)``. x, v: [B, ...] (image [B, C, H, W] or video [B, C, F, H, W]) -> same shape."""
     x = x.float()
     dt = per_row(sigma_next, x) - per_row(sigma, x)
     return x + v.float() * dt
@@ -38,7 +38,7 @@ def flow_sde_mean_std(
     (``sigma_max``: the first level below 1 of the schedule) and ``sigma`` elsewhere;
     ``mean = x (1 + s^2 dt / (2 sigma)) + v (1 + s^2 (1 - sigma) / (2 sigma)) dt``,
     ``std = s sqrt(-dt)``.
-    x, v: [B, C, H, W] -> (mean [B, C, H, W], std [B, 1, 1, 1]).
+    x, v: [B, ...] -> (mean [B, ...], std [B, 1, ..., 1]).
     """
     x = x.float()
     v = v.float()
@@ -53,7 +53,7 @@ def flow_sde_mean_std(
 
 
 def flow_predict_x0(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """Clean-sample estimate ``x0 = x - sigma v`` (for previews). x, v [B, C, H, W]."""
+    """Clean-sample estimate ``x0 = x - sigma v`` (for previews). x, v [B, ...]."""
     x = x.float()
     return x - per_row(sigma, x) * v.float()
 

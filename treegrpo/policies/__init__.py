@@ -4,5 +4,6 @@ from .flux import FluxPolicy
 from .sd3 import SD3Policy
 from .stable_diffusion import StableDiffusionPolicy
 from .toy import ToyFlowPolicy
+from .wan import WanPolicy
 
-__all__ = ["FluxPolicy", "Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy"]
+__all__ = ["FluxPolicy", "Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy", "WanPolicy"]

@@ -1,7 +1,9 @@
-"""Rewards: images [L, 3, H, W] in [0, 1] + prompts (+ optional metadata) -> scores [L]
-(registry ``REWARDS``)."""
-from . import clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy, vlm_judge
-from .base import Reward, RewardError, accepts_metadata, check_images, check_rewards, metadata_caller
+"""Rewards: images [L, 3, H, W] in [0, 1] (video rewards: clips [L, F, 3, H, W]) + prompts
+(+ optional metadata) -> scores [L] (registry ``REWARDS``)."""
+from . import (clip_family, combine, http, image_reward, image_stats, ocr, structured, structured_detectors, toy,
+               video, vlm_judge)
+from .base import (Reward, RewardError, accepts_metadata, check_images, check_rewards, check_videos,
+                   metadata_caller)
 from .clip_family import Aesthetic, CLIPScore, HPSv2, PickScore
 from .combine import WeightedSum
 from .http import HTTPReward
@@ -11,11 +13,13 @@ from .ocr import OCRReward
 from .structured import StructuredReward
 from .toy import ToyAlignmentReward, ToyMetadataReward
 from .vlm_judge import VLMJudgeReward
+from .video import FrameAveragedReward, TemporalConsistencyReward
 
 __all__ = [
     "Aesthetic",
     "CLIPScore",
     "Colorfulness",
+    "FrameAveragedReward",
     "HPSv2",
     "HTTPReward",
     "ImageReward",
@@ -26,6 +30,7 @@ __all__ = [
     "Reward",
     "RewardError",
     "StructuredReward",
+    "TemporalConsistencyReward",
     "ToyAlignmentReward",
     "ToyMetadataReward",
     "VLMJudgeReward",
@@ -33,6 +38,7 @@ __all__ = [
     "accepts_metadata",
     "check_images",
     "check_rewards",
+    "check_videos",
     "clip_family",
     "combine",
     "http",
@@ -43,5 +49,6 @@ __all__ = [
     "structured",
     "structured_detectors",
     "toy",
+    "video",
     "vlm_judge",
 ]

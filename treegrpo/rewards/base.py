@@ -4,6 +4,9 @@ A reward maps decoded images ``[L, 3, H, W]`` (float in [0, 1]) and their prompt
 strings) to one float score per image, ``[L]``. A reward that fails must stop the run:
 :func:`check_rewards` turns a malformed output into a :class:`RewardError` instead of letting
 NaNs or wrong shapes flow into the advantages.
+
+Video policies (Wan) decode each leaf to frames ``[L, F, 3, H, W]`` (float in [0, 1]); video
+rewards (:mod:`treegrpo.rewards.video`) take that and check it with :func:`check_videos`.
 """
 from __future__ import annotations
 
@@ -83,6 +86,19 @@ def check_images(images: Any, prompts: list[str], reward_name: str) -> None:
         raise ValueError(
             f"{reward_name}: got {images.shape[0]} images but {len(prompts)} prompts"
         )
+
+
+def check_videos(videos: Any, prompts: list[str], reward_name: str) -> None:
+    """Validate video reward inputs: videos a [L, F, 3, H, W] floating tensor and L prompts."""
+    if not isinstance(videos, torch.Tensor):
+        raise TypeError(f"{reward_name}: videos must be a torch.Tensor, got {type(videos).__name__}")
+    if videos.dim() != 5 or videos.shape[2] != 3 or videos.shape[1] < 1:
+        raise ValueError(f"{reward_name}: videos must have shape [L, F, 3, H, W] with F >= 1 (a video "
+                         f"policy's leaves), got {list(videos.shape)}")
+    if not videos.is_floating_point():
+        raise ValueError(f"{reward_name}: videos must be a float tensor in [0, 1], got dtype {videos.dtype}")
+    if len(prompts) != videos.shape[0]:
+        raise ValueError(f"{reward_name}: got {videos.shape[0]} videos but {len(prompts)} prompts")
 
 
 def _list_indices(indices: list[int]) -> str:

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from treegrpo.registry import REWARDS, build
-from treegrpo.rewards.base import (Reward, check_images, check_metadata, check_rewards, load_reward_weights,
-                                   metadata_caller)
+from treegrpo.rewards.base import (Reward, check_images, check_metadata, check_rewards, check_videos,
+                                   load_reward_weights, metadata_caller)
 
 NORMALIZE_MODES = ("none", "batch")
 # names the runner already logs under reward/ (a part called so would overwrite them)
@@ -123,7 +123,9 @@ class WeightedSum(Reward):
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str],
                  metadata: list[dict] | None = None) -> torch.Tensor:
-        check_images(images, prompts, self.name)
+        # the parts see the input as it is: images [L, 3, H, W], or clips [L, F, 3, H, W] for video rewards
+        (check_videos if isinstance(images, torch.Tensor) and images.dim() == 5 else check_images)(
+            images, prompts, self.name)
         count = len(prompts)
         if metadata is not None:
             check_metadata(metadata, count, self.name)

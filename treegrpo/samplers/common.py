@@ -47,7 +47,7 @@ def ode_integrate(
     guidance_scale: float,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Run the deterministic steps ``steps`` on a batch. x [B, C, H, W], cond rows [B, ...].
+    """Run the deterministic steps ``steps`` on a batch. x [B, ...] (any latent rank), cond rows [B, ...].
 
     One batched model forward per step (B rows, 2B with CFG), or per chunk of ``chunk_size`` rows.
     """
@@ -65,7 +65,7 @@ def ode_integrate(
 
 
 def decode(policy, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """Decode latents [L, ...] to images [L, 3, H, W] in [0, 1], ``chunk_size`` rows at a time."""
+    """Decode latents [L, ...] to images [L, 3, H, W] (video: [L, F, 3, H, W]) in [0, 1], ``chunk_size`` rows at a time."""
     if not chunk_size or latents.shape[0] <= chunk_size:
         return policy.decode(latents).float()
     return torch.cat([policy.decode(part).float() for part in latents.split(chunk_size)])
