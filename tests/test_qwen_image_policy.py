@@ -201,3 +201,23 @@ def test_constructor_errors(tiny_qwen, tmp_path):
         QwenImagePolicy(str(tiny_qwen), max_sequence_length=2048)
     with pytest.raises(ValueError, match="negative_prompt"):
         QwenImagePolicy(str(tiny_qwen), negative_prompt=None)
+
+
+def test_memory_plan_and_fsdp_blocks(tiny_qwen, policy):
+    from tools.memory_plan import main as memory_plan_main
+    from treegrpo.distributed import fsdp_settings
+
+    real = memory_plan_main(["configs/treegrpo_qwenimage_hps.py", "--gpus", "8", "--strategy", "fsdp"])
+    lines = {line["name"]: line["bytes"] for line in real["lines"]}
+    assert real["denoiser_parameters"] == 20_430_401_088  # Qwen-Image's 20B MMDiT
+    # LoRA r64 per block: 8 attention linears 3072->3072 (64 * 6144 each) and 4 MLP linears
+    # 3072<->12288 (64 * 15360 each), 60 blocks
+    assert real["trained_parameters"] == 60 * (8 * 64 * 6144 + 4 * 64 * 15360) == 424_673_280
+    assert "text_encoder" in lines and "vae" in lines and "text_encoder_2" not in lines
+    assert real["per_prompt_embedding_bytes"] == 2 * 512 * (3584 + 1)  # bf16 embeddings + mask
+    tiny = memory_plan_main(["configs/treegrpo_qwenimage_hps.py", "--cfg-options",
+                             f"policy.model_path={tiny_qwen}", "policy.resolution=32"])
+    assert tiny["denoiser_parameters"] == sum(p.numel() for n, p in policy.denoiser.named_parameters()
+                                              if "lora" not in n)
+    wrap = fsdp_settings({}, {"type": "QwenImagePolicy"})["wrap_classes"]
+    assert {type(m).__name__ for m in policy.denoiser.modules()} >= set(wrap) == {"QwenImageTransformerBlock"}

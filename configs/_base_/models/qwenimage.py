@@ -6,8 +6,9 @@
 # the transformer's cost grows with the packed sequence (512px: 1024 image tokens). The sigma
 # schedule follows the resolution (dynamic shift mu from the image sequence length).
 #
-# Memory: in bf16 the transformer alone is ~41 GB of weights and the frozen text encoder ~17 GB,
-# so plan on 80 GB+ GPUs with FSDP (see tools/memory_plan.py for the per-GPU estimate).
+# Memory: 20.4B transformer parameters (~38 GiB in bf16) plus the frozen 8.3B Qwen2.5-VL text
+# encoder (~15.5 GiB, not sharded): shard the transformer with FSDP; tools/memory_plan.py gives
+# the per-GPU estimate (an estimate, no full-size run has been made).
 # Prompt embeddings are padded to max_sequence_length tokens (3584 wide) in the prompt cache; the
 # forwards trim the padding no prompt of the batch uses.
 # CFG: the sampler's guidance_scale > 1 is the pipeline's true_cfg_scale (negative prompt ' ',
