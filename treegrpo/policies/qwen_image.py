@@ -93,7 +93,11 @@ class QwenImagePolicy(DiffusersPolicy):
                  embedding_dir: str | None = None, compile_denoiser: bool | dict = False,
                  device: str = "cpu") -> None:
         super().__init__()
-        from diffusers import QwenImagePipeline
+        try:
+            from diffusers import QwenImagePipeline
+        except ImportError:
+            raise ImportError("QwenImagePolicy needs diffusers>=0.35 (QwenImagePipeline) and transformers "
+                              "with Qwen2.5-VL (>=4.49): pip install -U diffusers transformers") from None
 
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or not 1 <= max_sequence_length <= 1024:
