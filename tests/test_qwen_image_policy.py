@@ -221,3 +221,21 @@ def test_memory_plan_and_fsdp_blocks(tiny_qwen, policy):
                                               if "lora" not in n)
     wrap = fsdp_settings({}, {"type": "QwenImagePolicy"})["wrap_classes"]
     assert {type(m).__name__ for m in policy.denoiser.modules()} >= set(wrap) == {"QwenImageTransformerBlock"}
+
+
+def test_precomputed_embeddings_replace_the_text_encoder(tiny_qwen, policy, tmp_path):
+    """tools/precompute_embeddings.py shards hold the padded embeddings and masks: a policy reading
+    them runs the text encoder for no prompt and gets the same tensors."""
+    from tools.precompute_embeddings import main as precompute
+
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    precompute(["configs/treegrpo_qwenimage_hps.py", "--prompts", str(tmp_path / "prompts.txt"),
+                "--out", str(tmp_path / "embeds"), "--cfg-options", f"policy.model_path={tiny_qwen}",
+                "policy.resolution=32", "policy.dtype=float32", f"policy.max_sequence_length={SEQ}"])
+    reader = QwenImagePolicy(str(tiny_qwen), resolution=32, max_sequence_length=SEQ,
+                             embedding_dir=str(tmp_path / "embeds"))
+    prompts = ["a blue square", " "]  # the negative prompt is always written
+    ours, theirs = reader.encode_prompts(prompts), policy.encode_prompts(prompts)
+    assert reader._embedding_cache.encoded == 0
+    assert torch.equal(ours["prompt_mask"], theirs["prompt_mask"])
+    torch.testing.assert_close(ours["prompt_embeds"], theirs["prompt_embeds"], rtol=0, atol=0)
