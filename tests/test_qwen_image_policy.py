@@ -240,3 +240,26 @@ def test_precomputed_embeddings_replace_the_text_encoder(tiny_qwen, policy, tmp_
     assert reader._embedding_cache.encoded == 0
     assert torch.equal(ours["prompt_mask"], theirs["prompt_mask"])
     torch.testing.assert_close(ours["prompt_embeds"], theirs["prompt_embeds"], rtol=0, atol=0)
+
+
+def test_full_fine_tune_reference_and_export(tiny_qwen, tmp_path):
+    """lora=None trains every transformer weight (float32), keeps a frozen reference for the KL
+    term, and exports a transformer/ folder that QwenImageTransformer2DModel loads."""
+    from diffusers import QwenImageTransformer2DModel
+
+    full = QwenImagePolicy(str(tiny_qwen), resolution=32, max_sequence_length=SEQ, keep_reference=True)
+    params = list(full.denoiser.parameters())
+    assert full.trainable_parameters() == params and all(p.dtype == torch.float32 for p in params)
+    assert not any(p.requires_grad for p in full.text_encoder.parameters())
+    with torch.no_grad():
+        params[0].add_(0.5)  # an "update"
+    cond = full.encode_prompts(["a cat"])
+    x, level = torch.randn(1, *full.latent_shape), torch.tensor([0.5])
+    with torch.no_grad(), full.reference() as reference:
+        before = full.model_output(x, level, cond, model=reference)
+    with torch.no_grad():
+        after = full.model_output(x, level, cond)
+    assert not torch.allclose(before, after)  # the reference is the frozen copy
+    full.save_export(tmp_path)
+    loaded = QwenImageTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    assert torch.equal(next(loaded.parameters()), params[0].detach())
