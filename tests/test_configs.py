@@ -80,7 +80,8 @@ def reward_overrides(config: str, clip: Path) -> list[str]:
 
 GPU_CONFIGS = {"treegrpo_sd3_hps": "sd3", "grpo_sd3_hps": "sd3", "treegrpo_sd3_hps_clipscore": "sd3",
                "treegrpo_sd35l_hps": "sd3",
-               "treegrpo_flux_hps": "flux", "treegrpo_sd15_aesthetic": "sd15"}
+               "treegrpo_flux_hps": "flux", "treegrpo_sd15_aesthetic": "sd15",
+               "treegrpo_qwenimage_hps": "qwenimage"}
 
 
 def test_every_non_toy_config_has_a_dry_run():

@@ -1,6 +1,6 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, wan, clip_reward
+    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, qwenimage, wan, clip_reward
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
 
 ``clip_reward`` is a transformers CLIPModel folder with its tokenizer, usable wherever the
@@ -208,8 +208,11 @@ class TinyClipReward:
         save_file(self.aesthetic.state_dict(), str(Path(path) / "aesthetic_mlp.safetensors"))
 
 
-BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline,
-            "clip_reward": TinyClipReward}
+def tiny_qwenimage_pipeline(seed: int = 0):
+    """A QwenImagePipeline with random weights (built in tools/tiny_qwen_image.py)."""
+    from tools.tiny_qwen_image import tiny_qwen_image_pipeline
+
+    return tiny_qwen_image_pipeline(seed)
 
 
 def tiny_wan(seed: int = 0):
@@ -219,7 +222,8 @@ def tiny_wan(seed: int = 0):
     return tiny_wan_pipeline(seed)
 
 
-BUILDERS["wan"] = tiny_wan
+BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline,
+            "qwenimage": tiny_qwenimage_pipeline, "wan": tiny_wan, "clip_reward": TinyClipReward}
 
 
 def main(argv=None) -> dict[str, Path]:

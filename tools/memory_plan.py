@@ -14,6 +14,7 @@ the code as it is (tests/test_memory_plan.py checks them against a real run on t
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import math
@@ -58,6 +59,20 @@ SD3_MEDIUM = dict(SD3_COMMON, num_layers=24, num_attention_heads=24, caption_pro
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
                 guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+# Qwen/Qwen-Image: transformer/config.json (60 blocks, 20.4B), text_encoder/config.json
+# (Qwen2.5-VL-7B-Instruct with its vision tower and LM head, as the pipeline loads it), vae/.
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                  axes_dims_rope=[16, 56, 56])
+QWEN25_VL_7B = dict(
+    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                     rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[16, 24, 24])),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31]))
+QWEN_IMAGE_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                      temperal_downsample=[False, True, True])
 
 
 def _sd3(transformer: dict) -> dict:
@@ -77,9 +92,16 @@ KNOWN_MODELS = {
         "text_encoder": ("transformers", "CLIPTextModel", CLIP_L),
         "text_encoder_2": ("transformers", "T5EncoderModel", T5_XXL),
         "vae": ("diffusers", "AutoencoderKL", VAE_16CH)},
+    "Qwen/Qwen-Image": {
+        "transformer": ("diffusers", "QwenImageTransformer2DModel", QWEN_IMAGE),
+        "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration", QWEN25_VL_7B),
+        "vae": ("diffusers", "AutoencoderKLQwenImage", QWEN_IMAGE_VAE)},
 }
 FAMILIES = {"SD3Policy": ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
-            "FluxPolicy": ("text_encoder", "text_encoder_2", "vae")}
+            "FluxPolicy": ("text_encoder", "text_encoder_2", "vae"),
+            "QwenImagePolicy": ("text_encoder", "vae")}
+DEFAULT_LORA_TARGETS = {"FluxPolicy": ("treegrpo.policies.flux", "FLUX_LORA_TARGETS"),
+                        "QwenImagePolicy": ("treegrpo.policies.qwen_image", "QWEN_IMAGE_LORA_TARGETS")}
 
 
 def component_specs(model_path: str) -> dict[str, tuple[str, str, dict]]:
@@ -127,14 +149,18 @@ def model_parts(settings: dict) -> mp.ModelParts:
     denoiser = build_component(*specs["transformer"])
     frozen = {n: build_component(*specs[n]) for n in names}
     config = denoiser.config
-    side = settings["resolution"] // 2 ** (len(frozen["vae"].config.block_out_channels) - 1)
+    vae = frozen["vae"].config
+    downscale = 2 ** (len(vae.temperal_downsample) if "temperal_downsample" in vae else len(vae.block_out_channels) - 1)
+    side = settings["resolution"] // downscale
     if settings["family"] == "SD3Policy":
         image_tokens = (side // config.patch_size) ** 2
         text_tokens = frozen["text_encoder"].config.max_position_embeddings + settings["max_sequence_length"]
-    else:  # FLUX packs 2x2 latent patches
+    else:  # FLUX and Qwen-Image pack 2x2 latent patches
         image_tokens = (side // 2) ** 2
         text_tokens = settings["max_sequence_length"]
-    embed = text_tokens * config.joint_attention_dim + config.pooled_projection_dim
+    # cached per prompt: token embeddings plus FLUX / SD3's pooled vector or Qwen-Image's token mask
+    extra = config.pooled_projection_dim if "pooled_projection_dim" in config else text_tokens
+    embed = text_tokens * config.joint_attention_dim + extra
     return mp.ModelParts(denoiser, frozen, image_tokens, text_tokens, embed)
 
 
@@ -174,9 +200,9 @@ def make_plan(cfg, gpus: int, strategy: str, cached_prompts: int | None = None) 
     lora = settings["lora"]
     if lora is not None:
         lora = {"r": lora.get("r", 32), "target_modules": lora.get("target_modules", ("to_q", "to_k", "to_v", "to_out.0"))}
-        if settings["family"] == "FluxPolicy" and "target_modules" not in settings["lora"]:
-            from treegrpo.policies.flux import FLUX_LORA_TARGETS
-            lora["target_modules"] = FLUX_LORA_TARGETS
+        if settings["family"] in DEFAULT_LORA_TARGETS and "target_modules" not in settings["lora"]:
+            module, name = DEFAULT_LORA_TARGETS[settings["family"]]
+            lora["target_modules"] = getattr(importlib.import_module(module), name)
     if cached_prompts is None:  # one iteration's prompts of this rank plus the negative prompt
         cached_prompts = int(cfg.prompts_per_iter) // gpus + (cfg_rows == 2)
     run = mp.RunShape(dtype_bytes=dtype, lora=lora, keep_reference=bool(settings["keep_reference"]),

@@ -32,6 +32,7 @@ from accelerate.utils import DistributedType
 WRAP_CLASSES = {
     "SD3Policy": ("JointTransformerBlock",),
     "FluxPolicy": ("FluxTransformerBlock", "FluxSingleTransformerBlock"),
+    "QwenImagePolicy": ("QwenImageTransformerBlock",),
     "StableDiffusionPolicy": ("BasicTransformerBlock", "ResnetBlock2D"),
     "WanPolicy": ("WanTransformerBlock",),
 }

@@ -1,9 +1,11 @@
 """Generator wrappers behind one interface (:class:`Policy`)."""
 from .base import Policy
 from .flux import FluxPolicy
+from .qwen_image import QwenImagePolicy
 from .sd3 import SD3Policy
 from .stable_diffusion import StableDiffusionPolicy
 from .toy import ToyFlowPolicy
 from .wan import WanPolicy
 
-__all__ = ["FluxPolicy", "Policy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy", "WanPolicy"]
+__all__ = ["FluxPolicy", "Policy", "QwenImagePolicy", "SD3Policy", "StableDiffusionPolicy", "ToyFlowPolicy",
+           "WanPolicy"]
