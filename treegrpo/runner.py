@@ -285,6 +285,7 @@ class Runner:
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
         onpolicy_dev, optimizer_steps = 0.0, 0
+        clipped = torch.zeros(2, cfg["num_inner_epochs"], dtype=torch.float64)  # [clipped, edges] per epoch
         for epoch in range(cfg["num_inner_epochs"]):
             minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
                                              cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
@@ -307,6 +308,8 @@ class Runner:
                         self.accelerator.backward(loss * batch.child.numel() / num_edges)
                     for key, value in loss_stats.items():
                         stats[f"losses/{key}"].append(value)
+                    if "clip_frac" in loss_stats:  # a loss without it (a plugin) logs no clip fraction
+                        clipped[:, epoch] += torch.tensor([loss_stats["clip_frac"], 1.0]) * batch.child.numel()
                     if optimizer_steps == 0:  # every micro-batch of the first, on-policy step
                         onpolicy_dev = max(onpolicy_dev, float(loss_stats["ratio_max_dev"]))
                 grad_norm = self.accelerator.clip_grad_norm_(
@@ -325,10 +328,24 @@ class Runner:
         result = {key: sum(values) / len(values) for key, values in stats.items()}
         result["losses/onpolicy_ratio_max_dev"] = self.accelerator.gather(  # max over processes too
             torch.tensor([onpolicy_dev], device=self.device)).max().item()
+        result.update(self.clip_fractions(clipped))
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
         if cfg["prune"] is not None:
             result["update/pruned_parents"] = (num_parents - parents.numel()) * self.world_size
+        return result
+
+    def clip_fractions(self, clipped: torch.Tensor) -> dict[str, float]:
+        """``clipped`` [2, epochs] (clipped edges, trained edges) of this process -> the share of
+        edges whose ratio left the clip range, over all processes: ``update/clip_fraction`` (all
+        epochs) and, with several inner epochs, ``update/clip_fraction_epoch{e}`` (e from 1)."""
+        total = self.accelerator.gather(clipped.to(self.device).unsqueeze(0)).sum(0).cpu()
+        if total[1].sum() == 0:
+            return {}
+        result = {"update/clip_fraction": (total[0].sum() / total[1].sum()).item()}
+        if total.shape[1] > 1:
+            result.update({f"update/clip_fraction_epoch{e + 1}": (total[0, e] / total[1, e]).item()
+                           for e in range(total.shape[1]) if total[1, e] > 0})
         return result
 
     # ------------------------------------------------------------------ infrastructure
