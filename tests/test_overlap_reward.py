@@ -157,3 +157,28 @@ def test_resume_with_overlap_samples_afresh_and_trains(tmp_path):
 def test_overlap_reward_must_be_a_bool(tmp_path):
     with pytest.raises(ValueError, match="overlap_reward must be True or False, got 1"):
         train_main([write_config(tmp_path, extra="overlap_reward = 1\n"), "--work-dir", str(tmp_path / "run")])
+
+
+def test_two_processes_overlap_and_fail_together(tmp_path):
+    """Collectives run in the main threads after the join: 2 ranks train in step (identical
+    weights), and a reward failing on rank 1 only stops both, each with a clear error."""
+    import json
+
+    from safetensors.torch import load_file
+    from test_distributed import torchrun_worker
+
+    for mode in ("train", "fail"):
+        out = tmp_path / mode
+        out.mkdir()
+        result = torchrun_worker(str(out), mode, worker="dist_overlap_worker.py")
+        assert result.returncode == 0, result.stderr[-3000:]
+        ranks = [json.loads((out / f"{mode}_rank{r}.json").read_text()) for r in range(2)]
+        assert all(r["pool_closed"] for r in ranks)
+        if mode == "train":
+            assert [r["error"] for r in ranks] == [None, None] and [r["iteration"] for r in ranks] == [3, 3]
+            p0, p1 = (load_file(str(out / f"params_rank{r}.safetensors")) for r in range(2))
+            assert all(torch.equal(p0[k], p1[k]) for k in p0)
+        else:
+            assert ranks[0]["error"] == "RewardError: reward 'FailsOnRank1Reward' failed on another process"
+            assert ranks[1]["error"] == "RuntimeError: rank 1 reward backend down"
+            assert [r["iteration"] for r in ranks] == [1, 1]  # the second iteration failed on both
