@@ -33,7 +33,7 @@ class DrawnRollout:
 class RewardScoring:
     """Runner methods that score rollouts. Reads the runner's ``accelerator``, ``device``,
     ``call_reward``, ``reward_name``, ``max_iters``, ``pool`` and ``pending``; only
-    :meth:`score_rollout` / :meth:`local_rewards` may run in the reward thread."""
+    :meth:`score_in_thread` and what it calls run in the reward thread."""
 
     def sample_and_score_overlapped(self, iteration: int, times: dict[str, float]):
         """``overlap_reward=True``: score this iteration's rollout in the reward thread while the
@@ -51,7 +51,7 @@ class RewardScoring:
             with self.phase(times, "sample"):
                 drawn = self.draw_rollout(iteration)
         times_thread: dict[str, float] = {}  # written by the thread, read after the join
-        future = self.reward_pool().submit(self.score_rollout, drawn, times_thread)
+        future = self.reward_pool().submit(self.score_in_thread, drawn, times_thread)
         if iteration + 1 < self.max_iters:
             with self.phase(times, "sample_overlap"):
                 self.pending = self.draw_rollout(iteration + 1, staleness=1)
@@ -59,6 +59,13 @@ class RewardScoring:
             scored = self.collect_rewards(future.result())
         times.update(times_thread)
         return drawn, scored
+
+    def score_in_thread(self, drawn: DrawnRollout, times: dict[str, float]):
+        """:meth:`score_rollout` in the reward thread, on this process's GPU (a new thread's current
+        CUDA device is cuda:0, not the one accelerate chose for this process)."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        return self.score_rollout(drawn, times)
 
     def score_rollout(self, drawn: DrawnRollout, times: dict[str, float] | None = None):
         """This process's rewards of the rollout's leaves, no collective (safe in the reward
