@@ -135,7 +135,7 @@ class Runner(RewardScoring):
         self.train_model, self.optimizer = self.accelerator.prepare(self.policy.denoiser, self.optimizer)
 
         self.overlap_reward = bool(cfg.get("overlap_reward", False))
-        self.pool: ThreadPoolExecutor | None = None  # the reward thread of overlap_reward
+        self.pool = None  # the ThreadPoolExecutor of overlap_reward's reward thread (made on first use)
         self.pending: DrawnRollout | None = None  # the next iteration's rollout (overlap_reward)
         self.iteration = 0
         self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
