@@ -25,6 +25,8 @@ EXPECTED = {
     "treegrpo_toy_shapes_eta05.py": {"kernel.eta": 0.5},
     "treegrpo_toy_shapes_eta1.py": {"kernel.eta": 1.0},
     "treegrpo_toy_shapes_prune50.py": {"update.prune.keep_fraction": 0.5},
+    "treegrpo_toy_shapes_epochs2.py": {"update.num_inner_epochs": 2},
+    "treegrpo_toy_shapes_overlap.py": {"overlap_reward": True},
     # per-depth k (a list replaces the base int k = 2)
     "treegrpo_toy_shapes_k422.py": {"schedule.k": None, "schedule.k.0": 4, "schedule.k.1": 2, "schedule.k.2": 2},
     "treegrpo_toy_shapes_leaves8_k222.py": {

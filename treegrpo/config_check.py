@@ -45,6 +45,7 @@ OTHER_KEYS = {
     "wandb": "wandb.init arguments (runner)",
     "eval_rewards": "name -> reward dict for tools/eval.py",
     "dist_timeout_s": "collective timeout of distributed runs (runner)",
+    "overlap_reward": "score rollout t in a thread while rollout t+1 samples (runner, bool)",
     "fsdp": "None (DDP) or dict of FSDP settings for the denoiser (runner, treegrpo/distributed.py)",
     "custom_imports": "modules to import for plugins (mmengine)",
 }
@@ -225,7 +226,7 @@ def _positive_int(cfg_value: Any) -> bool:
 
 def check_numbers(cfg, world_size: int | None = None) -> list[str]:
     """prompts_per_iter, max_iters and update.micro_batch_size / num_minibatches are ints > 0;
-    prompts_per_iter is divisible by the number of processes."""
+    prompts_per_iter is divisible by the number of processes; overlap_reward is a bool."""
     problems = []
     for key in ("prompts_per_iter", "max_iters"):
         if key in cfg and not _positive_int(cfg[key]):
@@ -236,6 +237,9 @@ def check_numbers(cfg, world_size: int | None = None) -> list[str]:
         problems.append(f"prompts_per_iter={per_iter} is not divisible by the {world_size} processes "
                         f"(each samples the same number of prompts): set prompts_per_iter to a "
                         f"multiple of {world_size}, e.g. {-(-per_iter // world_size) * world_size}")
+    if "overlap_reward" in cfg and not isinstance(cfg["overlap_reward"], bool):
+        problems.append(f"overlap_reward must be True or False, got {cfg['overlap_reward']!r}: "
+                        "set overlap_reward=True to score in a background thread (default False)")
     update = cfg.get("update") or {}
     for key in ("micro_batch_size", "num_minibatches", "num_inner_epochs"):
         if key in update and not _positive_int(update[key]):

@@ -25,7 +25,8 @@ from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classe
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
-from .rewards.base import RewardError, check_rewards, load_reward_weights, metadata_caller
+from .overlap import DrawnRollout, RewardScoring
+from .rewards.base import load_reward_weights, metadata_caller
 from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .schedules.adaptive import tree_variances
@@ -75,7 +76,7 @@ def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
     return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
 
 
-class Runner:
+class Runner(RewardScoring):
     """Builds every component from a config and runs the TreeGRPO / GRPO training loop."""
 
     def __init__(self, cfg: Config, work_dir: str | Path | None, resume_from: str | Path | None = None,
@@ -133,6 +134,9 @@ class Runner:
         # through the policy gather the shards as training forwards do (treegrpo/distributed.py).
         self.train_model, self.optimizer = self.accelerator.prepare(self.policy.denoiser, self.optimizer)
 
+        self.overlap_reward = bool(cfg.get("overlap_reward", False))
+        self.pool = None  # the ThreadPoolExecutor of overlap_reward's reward thread (made on first use)
+        self.pending: DrawnRollout | None = None  # the next iteration's rollout (overlap_reward)
         self.iteration = 0
         self.counters = {"nfe_sample": 0, "nfe_update": 0, "edges": 0, "wall_time": 0.0}
         self.last_checkpoint_iter = -1
@@ -168,13 +172,16 @@ class Runner:
         bar = tqdm(range(self.iteration, self.max_iters), initial=self.iteration,
                    total=float("inf") if budgeted else self.max_iters, disable=not self.is_main,
                    desc="train", dynamic_ncols=True)
-        for iteration in bar:
-            metrics = self.train_iteration(iteration)
-            self.iteration = iteration + 1
-            self.call_hooks("after_iter", metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", loss=f"{metrics['losses/loss']:.2e}")
-            if self.budget_spent():
-                break
+        try:
+            for iteration in bar:
+                metrics = self.train_iteration(iteration)
+                self.iteration = iteration + 1
+                self.call_hooks("after_iter", metrics)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.4f}", loss=f"{metrics['losses/loss']:.2e}")
+                if self.budget_spent():
+                    break
+        finally:
+            self.close_reward_pool()  # waits for a running reward; drops the pending rollout
         self.call_hooks("after_run")
         self.close_writer()
         self.accelerator.wait_for_everyone()
@@ -186,22 +193,19 @@ class Runner:
                     or (self.max_wall_time is not None and self.counters["wall_time"] >= self.max_wall_time))
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
-        """One iteration: sample rollouts, score leaves, compute advantages, update the policy."""
+        """One iteration: sample rollouts, score leaves, compute advantages, update the policy.
+        With ``overlap_reward`` the rollout was sampled during the previous iteration, see
+        :meth:`sample_and_score_overlapped`."""
         times: dict[str, float] = {}
         start = time.perf_counter()
-        records = self.prompts_for(iteration, records=True)
-        prompts = [record.pop("prompt") for record in records]  # records keep the other fields
-        plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
-
-        with self.phase(times, "sample"):
-            self.train_model.eval()
-            rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration))
-        with self.phase(times, "reward"):
-            leaf_metadata = [records[i] for i in rollout.leaf_prompt_index.tolist()]
-            rewards = self.score(rollout.images, rollout.leaf_prompts, leaf_metadata).to(self.device)
-            all_rewards = self.accelerator.gather(rewards).float().cpu()
-            reward_parts = {key: self.accelerator.gather(torch.tensor([value], device=self.device)).mean().item()
-                            for key, value in sorted(self.reward_log_values().items())}
+        if self.overlap_reward:
+            drawn, (rewards, all_rewards, reward_parts) = self.sample_and_score_overlapped(iteration, times)
+        else:
+            with self.phase(times, "sample"):
+                drawn = self.draw_rollout(iteration)
+            with self.phase(times, "reward"):
+                rewards, all_rewards, reward_parts = self.collect_rewards(self.score_rollout(drawn))
+        rollout, plan = drawn.rollout, drawn.plan
         if hasattr(self.schedule, "observe"):  # adaptive windows: every rank credits every tree
             self.schedule.observe(plan, self.accelerator.gather(tree_variances(
                 rewards, rollout.leaf_prompt_index, len(rollout.prompts))).cpu())
@@ -209,9 +213,10 @@ class Runner:
             advantages = self.advantage(rollout, rewards, RankGroup(self.accelerator))  # global stats
         with self.phase(times, "update"):
             update_stats = self.update(rollout, advantages, iteration)
+        if drawn.staleness:  # sampled before the last update: the first ratio measures staleness
+            update_stats["losses/stale_ratio_max_dev"] = update_stats.pop("losses/onpolicy_ratio_max_dev")
 
         edges = int((rollout.parent >= 0).sum()) * self.world_size
-        self.counters["nfe_sample"] += rollout.nfe * self.world_size
         self.counters["nfe_update"] += update_stats.pop("nfe") * self.world_size
         self.counters["edges"] += edges
         times["iter"] = time.perf_counter() - start
@@ -230,6 +235,7 @@ class Runner:
             "rollout/leaves": int(rollout.leaf_nodes.numel()) * self.world_size,
             "rollout/edges": edges,
             "rollout/nfe": rollout.nfe * self.world_size,
+            **({"rollout/staleness": drawn.staleness} if self.overlap_reward else {}),
             **update_stats,
             "lr": self.optimizer.param_groups[0]["lr"],
             **{f"time/{key}": value for key, value in times.items()},
@@ -250,20 +256,17 @@ class Runner:
         get = (lambda i: dataset_record(self.train_dataset, i)) if records else self.train_dataset.__getitem__
         return [get(i) for i in indices[self.rank :: self.world_size].tolist()]
 
-    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
-        """Reward of each leaf [L]. A reward that fails or returns a wrong shape, NaN or inf on any
-        process stops every process (the failing one re-raises its own error; none hangs)."""
-        error: Exception | None = None
-        try:
-            rewards = check_rewards(self.call_reward(images, prompts, metadata), len(prompts), self.reward_name)
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error, rewards = exc, torch.zeros(len(prompts))
-        failed = self.accelerator.gather(torch.tensor([float(error is not None)], device=self.device))
-        if error is not None:
-            raise error
-        if failed.sum() > 0:
-            raise RewardError(f"reward {self.reward_name!r} failed on another process")
-        return rewards
+    def draw_rollout(self, iteration: int, staleness: int = 0) -> DrawnRollout:
+        """Sample the rollout of ``iteration`` (its prompts, window plan and noise) with the
+        current weights; ``staleness``: updates the weights will get before it is trained on. Its
+        sampling forwards are counted now, when they are spent."""
+        records = self.prompts_for(iteration, records=True)
+        prompts = [record.pop("prompt") for record in records]  # records keep the other fields
+        plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
+        self.train_model.eval()
+        rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration))
+        self.counters["nfe_sample"] += rollout.nfe * self.world_size
+        return DrawnRollout(iteration, plan, records, rollout, staleness)
 
     def reward_log_values(self) -> dict[str, float]:
         """The reward's own extra log scalars of its last call (rewards not built on
@@ -285,6 +288,7 @@ class Runner:
         nfe_before = self.policy.nfe
         shuffle = self.generator("shuffle", iteration)
         onpolicy_dev, optimizer_steps = 0.0, 0
+        clipped = torch.zeros(2, cfg["num_inner_epochs"], dtype=torch.float64)  # [clipped, edges] per epoch
         for epoch in range(cfg["num_inner_epochs"]):
             minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
                                              cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
@@ -307,6 +311,8 @@ class Runner:
                         self.accelerator.backward(loss * batch.child.numel() / num_edges)
                     for key, value in loss_stats.items():
                         stats[f"losses/{key}"].append(value)
+                    if "clip_frac" in loss_stats:  # a loss without it (a plugin) logs no clip fraction
+                        clipped[:, epoch] += torch.tensor([loss_stats["clip_frac"], 1.0]) * batch.child.numel()
                     if optimizer_steps == 0:  # every micro-batch of the first, on-policy step
                         onpolicy_dev = max(onpolicy_dev, float(loss_stats["ratio_max_dev"]))
                 grad_norm = self.accelerator.clip_grad_norm_(
@@ -325,10 +331,24 @@ class Runner:
         result = {key: sum(values) / len(values) for key, values in stats.items()}
         result["losses/onpolicy_ratio_max_dev"] = self.accelerator.gather(  # max over processes too
             torch.tensor([onpolicy_dev], device=self.device)).max().item()
+        result.update(self.clip_fractions(clipped))
         result["nfe"] = self.policy.nfe - nfe_before
         result["update/nfe"] = result["nfe"] * self.world_size
         if cfg["prune"] is not None:
             result["update/pruned_parents"] = (num_parents - parents.numel()) * self.world_size
+        return result
+
+    def clip_fractions(self, clipped: torch.Tensor) -> dict[str, float]:
+        """``clipped`` [2, epochs] (clipped edges, trained edges) of this process -> the share of
+        edges whose ratio left the clip range, over all processes: ``update/clip_fraction`` (all
+        epochs) and, with several inner epochs, ``update/clip_fraction_epoch{e}`` (e from 1)."""
+        total = self.accelerator.gather(clipped.to(self.device).unsqueeze(0)).sum(0).cpu()
+        if total[1].sum() == 0:
+            return {}
+        result = {"update/clip_fraction": (total[0].sum() / total[1].sum()).item()}
+        if total.shape[1] > 1:
+            result.update({f"update/clip_fraction_epoch{e + 1}": (total[0, e] / total[1, e]).item()
+                           for e in range(total.shape[1]) if total[1, e] > 0})
         return result
 
     # ------------------------------------------------------------------ infrastructure
