@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, speedup, summarize
+from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, seed_range, separation, speedup, summarize
 
 
 def test_first_crossing_interpolates_linearly():
@@ -59,7 +59,30 @@ def test_summary_speedups_on_synthetic_curves():
     assert rows["tree"].speedup_nfe == pytest.approx(100_000 / 25_000)
     assert rows["tree"].edges_per_nfe == pytest.approx(0.25)
     table = markdown_table(list(rows.values()), target=0.6)
-    assert "| tree | 0.7000 +- 0.0000 | 50.0 | 25000 | 2.00 | 4.00 | 0.250 |" in table
+    assert "| tree | 0.7000 +- 0.0000 | 50.0 | 25000 | 2.00 | 4.00 | 2.00 | 4.00 | above | 0.250 |" in table
+    assert "| grpo | 0.6000 +- 0.0000 | 100.0 | 100000 | 1.00 | 1.00 | 1.00 | 1.00 | baseline | 0.500 |" in table
+
+
+def test_per_seed_speedups_and_band_separation():
+    # baseline seeds end at 0.58 and 0.62 (target 0.60, reached by the mean curve at 100 s);
+    # tree seeds: slope 0.002 reaches 0.60 at 50 s, slope 0.004 at 25 s -> x2 and x4 per seed;
+    # a third config with one seed that never gets there
+    base = [linear_run(0.0008, 1000), linear_run(0.0012, 1000)]
+    runs = {"grpo": base, "tree": [linear_run(0.002, 1000), linear_run(0.004, 1000)],
+            "mixed": [linear_run(0.002, 1000), linear_run(0.0, 1000, start=0.55)]}
+    rows = {r.name: r for r in summarize(runs, baseline="grpo")}
+    assert rows["tree"].seed_speedups_time == pytest.approx((2.0, 4.0))
+    assert rows["tree"].seed_speedups_nfe == pytest.approx((2.0, 4.0))
+    assert rows["tree"].separated == "above" and rows["mixed"].separated == ""
+    assert rows["mixed"].seed_speedups_time[1] is None
+    assert seed_range(rows["tree"].seed_speedups_nfe) == "2.00-4.00"
+    assert seed_range(rows["mixed"].seed_speedups_nfe) == "2.00 (1/2 seeds)"
+    assert seed_range((None, None)) == "not reached"
+    assert separation(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == "below"
+    assert separation(np.array([0.35]), np.array([0.3, 0.4])) == ""
+    table = markdown_table(list(rows.values()), target=0.6)
+    assert "| tree | 0.8000 +- 0.1000 |" in table and "| 2.00-4.00 | 2.00-4.00 | above |" in table
+    assert "| 2.00 (1/2 seeds) | 2.00 (1/2 seeds) | overlap |" in table
 
 
 def test_summary_reports_unreached_target_and_unknown_baseline():
@@ -99,10 +122,26 @@ def test_target_met_at_cost_zero_is_reached_not_missing():
     assert rows["good"].seconds_to_target == 0.0 and rows["good"].nfe_to_target == 0.0
     assert rows["good"].speedup_time == math.inf and rows["good"].speedup_nfe == math.inf
     table = markdown_table(list(rows.values()), target=0.6)
-    assert "| good | 0.7000 +- 0.0000 | 0.0 | 0 | inf (target met at cost 0) | inf (target met at cost 0) |" in table
+    assert "| good | 0.7000 +- 0.0000 | 0.0 | 0 | inf (target met at cost 0) | inf (target met at cost 0) | inf | inf |" in table
     flat = {"flat": [linear_run(0.0, 1000, start=0.6)], "grpo": [linear_run(0.001, 1000)]}
     rows = {r.name: r for r in summarize(flat, baseline="flat")}
     assert rows["flat"].seconds_to_target == 0.0 and rows["flat"].speedup_time == 1.0
     assert rows["grpo"].seconds_to_target == pytest.approx(100.0) and rows["grpo"].speedup_time == 0.0
     assert "not reached" not in markdown_table(list(rows.values()), target=0.6)
     assert speedup(None, 3.0) is None and speedup(5.0, None) is None and speedup(6.0, 3.0) == 2.0
+
+
+def test_merge_results_of_seeds_run_apart():
+    from tools.benchmark import merge_results
+
+    settings = {"budget": 10.0, "budget_mode": "nfe", "eval_interval": 5, "eval_prompts": 4, "cfg_options": {}}
+    a = {"args": dict(settings, seeds=1, first_seed=0), "wall_seconds": 3.0,
+         "results": {"tree": [{"seed": 0}], "grpo": [{"seed": 0}]}}
+    b = {"args": dict(settings, seeds=2, first_seed=1), "wall_seconds": 4.5,
+         "results": {"tree": [{"seed": 1}, {"seed": 2}], "grpo": [{"seed": 1}, {"seed": 2}]}}
+    results, wall, args = merge_results([a, b])
+    assert [r["seed"] for r in results["tree"]] == [0, 1, 2] and [r["seed"] for r in results["grpo"]] == [0, 1, 2]
+    assert wall == 7.5 and args["seeds"] == 3 and args["budget"] == 10.0
+    c = {"args": dict(settings, budget=20.0), "results": {}}
+    with pytest.raises(ValueError, match=r"differ in \['budget'\]"):
+        merge_results([a, c])

@@ -3,6 +3,9 @@
     python tools/benchmark.py                                   # toy world, 2 configs x 3 seeds
     python tools/benchmark.py --configs configs/ablations/*.py configs/grpo_toy_shapes.py
     python tools/benchmark.py --budget-mode wall --budget 120 --seeds 1 --out work_dirs/bench
+    python tools/benchmark.py --seeds 2 --first-seed 2 --out work_dirs/bench_b   # seeds 2, 3 elsewhere
+    python tools/benchmark.py --from-results work_dirs/bench/results.json work_dirs/bench_b/results.json \
+        --out work_dirs/bench_all                                # merge: one summary over all seeds
 
 Every run of every config gets the same budget: model forwards (``nfe``: sampling + update,
 the default), training wall seconds (``wall``) or iterations (``iters``). Same seed = same prompt
@@ -38,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--baseline", default=None, help="config name the speed-ups are relative to "
                         "(default: the one whose name starts with 'grpo', else the last)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds per config")
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed+seeds-1")
     parser.add_argument("--budget-mode", choices=sorted(BUDGET_KEYS), default="nfe")
     parser.add_argument("--budget", type=float, default=250_000, help="per run, in the mode's unit")
     parser.add_argument("--eval-interval", type=int, default=25)
@@ -46,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="work_dirs/benchmark")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="applied to every config, e.g. prompts_per_iter=8")
-    parser.add_argument("--from-results", help="redo summary and plots from a results.json, no training")
+    parser.add_argument("--from-results", nargs="+", help="redo summary and plots from results.json files, "
+                        "no training; several files (same settings, different seeds) are merged")
     return parser.parse_args(argv)
 
 
@@ -78,7 +83,27 @@ def benchmark_config(path: str, seed: int, args, run_dir: Path) -> dict:
     last = train[max(train)]
     curve["time_split"] = {k: sum(r[f"time/{k}"] for r in train.values()) for k in ("sample", "reward", "update")}
     curve["iterations"] = last["iter"]
+    curve["seed"] = seed
     return curve
+
+
+def merge_results(saved: list[dict]) -> tuple[dict[str, list[dict]], float, dict]:
+    """Merge results.json contents of runs with the same budget and evaluation (e.g. seeds run
+    on two machines): per config, the seeds of every file in order. Returns (results, summed wall
+    seconds, the merged args with ``seeds`` = seeds per config). Differing settings: ValueError."""
+    keys = ("budget", "budget_mode", "eval_interval", "eval_prompts", "cfg_options")
+    first = saved[0]["args"]
+    for other in saved[1:]:
+        differing = [k for k in keys if other["args"].get(k) != first.get(k)]
+        if differing:
+            raise ValueError(f"results to merge differ in {differing}: merge only runs of the same settings")
+    results: dict[str, list[dict]] = {}
+    for content in saved:
+        for name, seeds in content["results"].items():
+            results.setdefault(name, []).extend(seeds)
+    counts = {len(seeds) for seeds in results.values()}
+    args = dict(first, seeds=max(counts))
+    return results, sum(content.get("wall_seconds", 0.0) for content in saved), args
 
 
 def plot(results: dict[str, list[dict]], out: Path) -> list[Path]:
@@ -117,15 +142,14 @@ def main(argv=None) -> Path:
     start = time.time()
     results: dict[str, list[dict]] = {}
     if args.from_results:
-        saved = json.loads(Path(args.from_results).read_text())
-        results, wall = saved["results"], saved.get("wall_seconds", 0.0)
+        results, wall, saved_args = merge_results([json.loads(Path(f).read_text()) for f in args.from_results])
         for key in ("seeds", "budget", "budget_mode", "eval_interval", "eval_prompts"):
-            setattr(args, key, saved["args"][key])
+            setattr(args, key, saved_args[key])
         names = list(results)
         baseline = args.baseline or next((n for n in names if n.startswith("grpo")), names[-1])
     else:
         for path, name in zip(args.configs, names):
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 print(f"[benchmark] {name} seed {seed}", flush=True)
                 run_dir = out / "runs" / f"{name}_seed{seed}"
                 results.setdefault(name, []).append(benchmark_config(path, seed, args, run_dir))

@@ -48,6 +48,11 @@ class SummaryRow:
     speedup_time: float | None  # baseline seconds-to-target / this config's; inf: met at cost 0
     speedup_nfe: float | None
     edges_per_nfe: float
+    # per seed: the baseline's (mean-curve) cost to target over this seed's own; None: never reached
+    seed_speedups_time: tuple[float | None, ...] = ()
+    seed_speedups_nfe: tuple[float | None, ...] = ()
+    separated: str = ""  # 'above' / 'below': every seed's final beats / trails every baseline seed's
+    is_baseline: bool = False
 
 
 def speedup(base: float | None, this: float | None) -> float | None:
@@ -60,12 +65,23 @@ def speedup(base: float | None, this: float | None) -> float | None:
     return base / this
 
 
+def separation(finals: np.ndarray, base_finals: np.ndarray) -> str:
+    """'above' when every value of ``finals`` exceeds every one of ``base_finals`` (the seed bands
+    do not overlap), 'below' for the reverse, '' when they overlap."""
+    if finals.min() > base_finals.max():
+        return "above"
+    if finals.max() < base_finals.min():
+        return "below"
+    return ""
+
+
 def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
     """One row per config. ``runs[name]`` is a list (one per seed) of dicts with arrays
     ``seconds``, ``nfe``, ``edges``, ``reward`` (evaluation points, increasing cost).
 
     The target is the baseline's final mean reward; time/NFE-to-target are read off the
-    seed-averaged curves; speed-ups are the baseline's cost to target over the config's.
+    seed-averaged curves; speed-ups are the baseline's cost to target over the config's, and
+    per seed the baseline's (mean-curve) cost over that seed's own cost to the same target.
     """
     if baseline not in runs:
         raise KeyError(f"baseline {baseline!r} is not among the runs {sorted(runs)}")
@@ -90,8 +106,24 @@ def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
             speedup_time=speedup(costs[baseline]["seconds"], costs[name]["seconds"]),
             speedup_nfe=speedup(costs[baseline]["nfe"], costs[name]["nfe"]),
             edges_per_nfe=total_edges / total_nfe if total_nfe else 0.0,
+            seed_speedups_time=tuple(speedup(costs[baseline]["seconds"], first_crossing(r["seconds"], r["reward"], target))
+                                     for r in seeds),
+            seed_speedups_nfe=tuple(speedup(costs[baseline]["nfe"], first_crossing(r["nfe"], r["reward"], target))
+                                    for r in seeds),
+            separated="" if name == baseline else separation(finals[name], finals[baseline]),
+            is_baseline=name == baseline,
         ))
     return rows
+
+
+def seed_range(values: tuple[float | None, ...]) -> str:
+    """Per-seed speed-ups as 'min-max', with 'k/n seeds' when some never reached the target."""
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return "not reached"
+    low, high = f"{min(reached):.2f}", f"{max(reached):.2f}"
+    text = low if low == high else f"{low}-{high}"
+    return text if len(reached) == len(values) else f"{text} ({len(reached)}/{len(values)} seeds)"
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -104,18 +136,22 @@ def _cell(value: float | None, spec: str) -> str:
 
 def markdown_table(rows: list[SummaryRow], target: float) -> str:
     """The summary as a markdown table: None as 'not reached'; a speed-up of a config that met
-    the target at cost 0 (its first evaluation) while the baseline needed more as 'inf'."""
+    the target at cost 0 (its first evaluation) while the baseline needed more as 'inf'; the
+    per-seed speed-ups as 'min-max'; 'bands' says whether the final rewards' seed bands are
+    separated from the baseline's ('above' / 'below') or overlap ('overlap')."""
     lines = [
         f"Target reward = the baseline's final mean: {target:.4f}",
         "",
         "| config | final reward (mean +- std over seeds) | s to target | NFE to target | "
-        "speed-up x (time) | speed-up x (NFE) | edges per NFE |",
-        "|---|---|---|---|---|---|---|",
+        "speed-up x (time) | speed-up x (NFE) | per seed x (time) | per seed x (NFE) | bands | edges per NFE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        bands = "baseline" if r.is_baseline else (r.separated or "overlap")
         lines.append(
             f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {_cell(r.seconds_to_target, '.1f')} | "
             f"{_cell(r.nfe_to_target, '.0f')} | {_cell(r.speedup_time, '.2f')} | {_cell(r.speedup_nfe, '.2f')} | "
+            f"{seed_range(r.seed_speedups_time)} | {seed_range(r.seed_speedups_nfe)} | {bands} | "
             f"{r.edges_per_nfe:.3f} |"
         )
     return "\n".join(lines) + "\n"
