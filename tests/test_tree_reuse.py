@@ -62,3 +62,40 @@ def test_one_epoch_logs_the_clip_fraction_without_per_epoch_keys(tmp_path):
     assert record["update/clip_fraction"] == 0.0  # the only step is on-policy
     assert not [key for key in record if key.startswith("update/clip_fraction_epoch")]
     assert record["update/nfe"] == PARENTS
+
+
+def test_later_epochs_reuse_the_reference_predictions(tmp_path, monkeypatch):
+    """With the KL term, epoch 1 runs one policy and one reference forward per parent, later
+    epochs only the policy forward: 3 epochs -> 3 x 6 + 6 forwards. The KL values of a later epoch
+    equal those computed with a fresh reference forward (the cache changes no number)."""
+    from treegrpo.update import ReferenceCache
+
+    kls = []
+
+    def spy(policy, kernel, rollout, parents, **kwargs):
+        cache = kwargs.get("reference_cache")
+        cached_before = cache is not None and cache.get(parents) is not None
+        batch = edge_log_probs(policy, kernel, rollout, parents, **kwargs)
+        if cached_before:
+            fresh = edge_log_probs(policy, kernel, rollout, parents, with_kl=True, model=kwargs["model"])
+            kls.append((batch.kl.detach(), fresh.kl.detach()))
+            policy.nfe -= fresh.forwards  # the check's own forwards are not the update's
+        return batch
+
+    edge_log_probs = runner_module.edge_log_probs
+    monkeypatch.setattr(runner_module, "edge_log_probs", spy)
+    extra = ("update = dict(num_inner_epochs=3, num_minibatches=1, micro_batch_size=16)\n"
+             "policy = dict(type='TinyTestPolicy', keep_reference=True)\n"
+             "loss = dict(type='GRPOClipLoss', clip_range=1e-2, beta=0.5)\n")
+    train_main([write_config(tmp_path, iters=1, extra=extra), "--work-dir", str(tmp_path / "run")])
+    record = read_log(tmp_path / "run")[0]
+    assert record["update/nfe"] == 3 * PARENTS + PARENTS
+    assert len(kls) == 2  # epochs 2 and 3 (epoch 1 filled the cache)
+    for cached, fresh in kls:
+        assert torch.equal(cached, fresh) and cached.abs().sum() > 0
+
+    cache = ReferenceCache(5)
+    assert cache.get(torch.tensor([1])) is None
+    cache.put(torch.tensor([3, 1]), torch.tensor([[30.0], [10.0]]))
+    assert cache.get(torch.tensor([1, 3])).tolist() == [[10.0], [30.0]]
+    assert cache.get(torch.tensor([1, 2])) is None  # 2 never stored

@@ -31,7 +31,7 @@ from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .schedules.adaptive import tree_variances
 from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
-from .update import edge_log_probs, plan_micro_batches, select_parents, update_settings
+from .update import ReferenceCache, edge_log_probs, plan_micro_batches, select_parents, update_settings
 from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -289,6 +289,9 @@ class Runner(RewardScoring):
         shuffle = self.generator("shuffle", iteration)
         onpolicy_dev, optimizer_steps = 0.0, 0
         clipped = torch.zeros(2, cfg["num_inner_epochs"], dtype=torch.float64)  # [clipped, edges] per epoch
+        # later epochs reuse the first epoch's reference predictions (same weights, same states)
+        reference_cache = (ReferenceCache(rollout.num_nodes)
+                           if self.loss.needs_reference and cfg["num_inner_epochs"] > 1 else None)
         for epoch in range(cfg["num_inner_epochs"]):
             minibatches = plan_micro_batches(parents, rollout.step[parents], cfg["num_minibatches"],
                                              cfg["micro_batch_size"], shuffle, cfg["per_step_batches"])
@@ -300,7 +303,8 @@ class Runner(RewardScoring):
                     with sync:
                         with self.accelerator.autocast():  # the reference too, as in sampling
                             batch = edge_log_probs(self.policy, self.kernel, rollout, micro,
-                                                   with_kl=self.loss.needs_reference, model=model)
+                                                   with_kl=self.loss.needs_reference, model=model,
+                                                   reference_cache=reference_cache)
                         loss, loss_stats = self.loss(batch.log_prob, rollout.log_prob[batch.child],
                                                      advantages.node[batch.child], batch.kl)
                         if not torch.isfinite(loss):

@@ -39,14 +39,40 @@ def children_of(parent: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tens
     return child, slot
 
 
+class ReferenceCache:
+    """The reference model's predictions at parent states, kept for the later inner epochs of
+    one update: the reference weights and the parent states do not change between epochs, so one
+    reference forward per parent per iteration is enough (``update.num_inner_epochs > 1``).
+
+    ``get(parents [M'])`` -> the stored predictions [M', ...], or None unless all are stored;
+    ``put(parents, out [M', ...])`` stores them. Memory: a tensor the size of ``rollout.latents``
+    (one row per node, rows of parents filled)."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.filled = torch.zeros(num_nodes, dtype=torch.bool)
+        self.out: torch.Tensor | None = None
+
+    def get(self, parents: torch.Tensor) -> torch.Tensor | None:
+        if self.out is None or not bool(self.filled[parents.cpu()].all()):
+            return None
+        return self.out[parents.to(self.out.device)]
+
+    def put(self, parents: torch.Tensor, out: torch.Tensor) -> None:
+        if self.out is None:
+            self.out = out.new_empty((len(self.filled), *out.shape[1:]))
+        self.out[parents.to(out.device)] = out
+        self.filled[parents.cpu()] = True
+
+
 def edge_log_probs(
     policy, kernel, rollout: Rollout, parents: torch.Tensor, with_kl: bool = False,
-    model: torch.nn.Module | None = None,
+    model: torch.nn.Module | None = None, reference_cache: ReferenceCache | None = None,
 ) -> EdgeBatch:
     """One forward at the ``parents`` [M'] node states -> log-probs of all their child edges.
 
     ``model``: the module whose gradients train the policy (the runner's DDP / FSDP wrapper;
-    default the bare denoiser); the KL reference is ``policy.reference()``."""
+    default the bare denoiser); the KL reference is ``policy.reference()``, whose predictions
+    come from ``reference_cache`` when it holds them all (and are stored there otherwise)."""
     nfe_before = policy.nfe
     x = rollout.latents[parents]
     step = rollout.step[parents]
@@ -58,8 +84,12 @@ def edge_log_probs(
     log_prob = kernel.log_prob(x_next, x[slot], out[slot], rollout.levels, step[slot])
     kl = None
     if with_kl:
-        with torch.no_grad(), policy.reference() as reference:
-            out_ref = policy.predict(x, level, cond, rollout.guidance_scale, model=reference)
+        out_ref = None if reference_cache is None else reference_cache.get(parents)
+        if out_ref is None:
+            with torch.no_grad(), policy.reference() as reference:
+                out_ref = policy.predict(x, level, cond, rollout.guidance_scale, model=reference)
+            if reference_cache is not None:
+                reference_cache.put(parents, out_ref)
         mean, std = kernel.sde_mean_std(x, out, rollout.levels, step)
         mean_ref, _ = kernel.sde_mean_std(x, out_ref, rollout.levels, step)
         kl = gaussian_kl_equal_std(mean, mean_ref, std)[slot]
