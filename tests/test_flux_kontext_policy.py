@@ -182,7 +182,8 @@ train_dataset = dict(type='PromptFile', path='{folder / "prompts.jsonl"}')
 optimizer = dict(lr=5e-2)
 loss = dict(clip_range=0.2, beta=0.1)
 prompts_per_iter = 2
-hooks = [dict(type='LoggerHook'), dict(type='CheckpointHook', interval=1)]
+hooks = [dict(type='LoggerHook'), dict(type='CheckpointHook', interval=1),
+         dict(type='EvalHook', dataset=train_dataset, interval=1, num_prompts=2)]
 """)
     return config
 
@@ -204,7 +205,9 @@ def test_one_training_iteration_and_stock_pipeline_lora(tiny_kontext, edit_folde
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
                if "losses/loss" in line]
     assert len(records) == 1 and math.isfinite(records[0]["losses/loss"])
-    assert runner.policy.image_cache.encoded == 2  # the two input images, once each
+    assert runner.policy.image_cache.encoded == 2  # the two input images, once each (eval included)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in log if "eval/reward_mean" in r]) == 2  # the eval hook passes the records
     if sampler == "flat":
         return
     lora_dir = tmp_path / "run" / "checkpoints" / "iter_1" / "lora"
