@@ -164,6 +164,10 @@ def test_size_and_format_attacks_are_refused(tmp_path):
     with pytest.raises(ImageInputError, match="is not a PNG, JPEG or WebP"):
         load_image(tmp_path / "pic.bmp", "row 3")
     assert load_image(big, "row 1").size == (64, 64)
+    for suffix in ("jpg", "webp"):  # the other accepted formats decode to RGB
+        Image.fromarray(np.zeros((8, 6, 4), np.uint8), "RGBA").convert("RGB").save(tmp_path / f"ok.{suffix}")
+        image = load_image(tmp_path / f"ok.{suffix}", "row 4")
+        assert image.mode == "RGB" and image.size == (6, 8)
 
 
 def test_policy_names_the_row_of_a_bad_image(policy, edit_folder):
