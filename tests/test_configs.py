@@ -86,7 +86,7 @@ GPU_CONFIGS = {"treegrpo_sd3_hps": "sd3", "grpo_sd3_hps": "sd3", "treegrpo_sd3_h
 
 def test_every_non_toy_config_has_a_dry_run():
     non_toy = {Path(c).stem for c in ALL_CONFIGS if c not in CONFIGS}
-    assert non_toy == set(GPU_CONFIGS) | {"treegrpo_sd35_jpeg", "treegrpo_wan_t2v"}
+    assert non_toy == set(GPU_CONFIGS) | {"treegrpo_sd35_jpeg", "treegrpo_wan_t2v", "treegrpo_flux_kontext_edit"}
 
 
 @pytest.mark.parametrize("config", sorted(GPU_CONFIGS))
@@ -125,6 +125,26 @@ def test_wan_config_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):
     assert type(runner.policy).__name__ == "WanPolicy" and runner.iteration == 1
     assert {"reward/hps", "reward/temporal"} <= set(records[-1])
     assert (tmp_path / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_kontext_config_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):
+    """The edit config trains one iteration on the tiny FLUX Kontext with a jsonl of image paths."""
+    from PIL import Image
+
+    folder = tmp_path / "edit"
+    (folder / "in").mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (40, 24), colour).save(folder / "in" / f"{i}.png")  # resized to image_size
+    (folder / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt": f"make it {c}", "image": f"in/{i}.png"}) + "\n" for i, c in enumerate(("green", "pink"))))
+    overrides = [f"policy.model_path={tiny_models['flux_kontext']}", *TINY_OVERRIDES, "policy.image_size=32",
+                 f"policy.image_root={folder}", f"train_dataset.path={folder / 'prompts.jsonl'}",
+                 *reward_overrides("hps", tiny_models["clip_reward"])]
+    runner = train_main([str(ROOT / "configs/treegrpo_flux_kontext_edit.py"), "--work-dir", str(tmp_path / "run"),
+                         "--cfg-options", *overrides])
+    assert type(runner.policy).__name__ == "FluxKontextPolicy" and runner.iteration == 1
+    assert runner.policy.image_cache.encoded == 2
+    assert (tmp_path / "run" / "checkpoints" / "iter_1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_sd15_base_dry_runs_on_a_tiny_local_model(tiny_models, tmp_path):

@@ -1,6 +1,6 @@
 """Write tiny random-weight diffusers pipelines to disk, for offline tests and dry runs.
 
-    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, qwenimage, wan, clip_reward
+    python tools/make_tiny_models.py --out work_dirs/tiny_models   # <out>/sd3, sd15, flux, flux_kontext, qwenimage, wan, clip_reward
     python tools/train.py configs/... --cfg-options policy.model_path=work_dirs/tiny_models/sd3
 
 ``clip_reward`` is a transformers CLIPModel folder with its tokenizer, usable wherever the
@@ -222,7 +222,15 @@ def tiny_wan(seed: int = 0):
     return tiny_wan_pipeline(seed)
 
 
+def tiny_flux_kontext(seed: int = 0):
+    """The tiny FLUX.1 Kontext pipeline of :mod:`tools.tiny_flux_kontext`."""
+    from tools.tiny_flux_kontext import tiny_flux_kontext_pipeline
+
+    return tiny_flux_kontext_pipeline(seed)
+
+
 BUILDERS = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "flux": tiny_flux_pipeline,
+            "flux_kontext": tiny_flux_kontext,
             "qwenimage": tiny_qwenimage_pipeline, "wan": tiny_wan, "clip_reward": TinyClipReward}
 
 

@@ -264,7 +264,9 @@ class Runner(RewardScoring):
         prompts = [record.pop("prompt") for record in records]  # records keep the other fields
         plan = self.schedule.plan(iteration, self.sampler.num_steps, self.generator("schedule", iteration, rank=0))
         self.train_model.eval()
-        rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration))
+        # the records reach the policy only when it reads them (an edit model's input image)
+        extra = {"records": records} if getattr(self.policy, "reads_records", False) else {}
+        rollout = self.sampler.sample(self.policy, self.kernel, prompts, plan, self.noise(iteration), **extra)
         self.counters["nfe_sample"] += rollout.nfe * self.world_size
         return DrawnRollout(iteration, plan, records, rollout, staleness)
 

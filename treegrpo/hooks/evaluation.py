@@ -33,12 +33,13 @@ def gather_rows(group: RankGroup, local: torch.Tensor, count: int) -> torch.Tens
 @torch.no_grad()
 def generate(policy, kernel, prompts: list[str], num_steps: int, guidance_scale: float, seed: int,
              chunk_size: int = 64, noise: torch.Tensor | None = None,
-             image_device: torch.device | str | None = None) -> torch.Tensor:
+             image_device: torch.device | str | None = None, records: list[dict] | None = None) -> torch.Tensor:
     """Deterministic (ODE) samples, one per prompt: [P, 3, H, W] in [0, 1].
 
     Starts from ``noise`` [P, *latent_shape] when given (e.g. :func:`per_prompt_noise`), else
     from noise drawn at once with ``seed``. Prompts are encoded, sampled and decoded
-    ``chunk_size`` at a time; each chunk's images go to ``image_device`` (default: the policy's)."""
+    ``chunk_size`` at a time; each chunk's images go to ``image_device`` (default: the policy's).
+    ``records``: the prompts' records, for policies that read them (``policy.encode``)."""
     device = next(policy.denoiser.parameters()).device
     if noise is None:
         noise = torch.randn((len(prompts), *policy.latent_shape), generator=make_generator("cpu", seed))
@@ -48,8 +49,10 @@ def generate(policy, kernel, prompts: list[str], num_steps: int, guidance_scale:
     images = []
     for start in range(0, len(prompts), chunk_size):
         rows = slice(start, start + chunk_size)
-        latents = ode_integrate(policy, kernel, noise[rows].to(device), policy.encode_prompts(prompts[rows]),
-                                levels, range(num_steps), guidance_scale)
+        cond = (policy.encode_prompts(prompts[rows]) if records is None
+                else policy.encode(prompts[rows], records[rows]))
+        latents = ode_integrate(policy, kernel, noise[rows].to(device), cond, levels, range(num_steps),
+                                guidance_scale)
         images.append(decode(policy, latents).to(image_device or device))
     return torch.cat(images)
 
@@ -127,6 +130,7 @@ class EvalHook(Hook):
                 self.num_steps or sampler.num_steps,
                 self.guidance_scale if self.guidance_scale is not None else sampler.guidance_scale,
                 self.seed, noise=eval_noise[rows],
+                records=[self.metadata[i] for i in rows] if getattr(policy, "reads_records", False) else None,
             )
         policy.nfe = nfe_before  # evaluation forwards are not training cost
         results = {"eval/ema": float(use_ema)}

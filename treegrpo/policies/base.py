@@ -31,6 +31,7 @@ class Policy(nn.Module, abc.ABC):
     denoiser: nn.Module
     latent_shape: tuple[int, int, int]
     kernel_type: str | None = None  # registered kernel that reads this model's outputs (None: any)
+    reads_records = False  # True: encode() needs the prompt records (e.g. an edit model's input image)
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +51,12 @@ class Policy(nn.Module, abc.ABC):
     @abc.abstractmethod
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Prompts -> conditioning dict of tensors, each [P, ...] (no grad)."""
+
+    def encode(self, prompts: list[str], records: list[dict] | None = None) -> dict[str, torch.Tensor]:
+        """Conditioning of a prompt batch, each tensor [P, ...]: the prompts' records (the prompt
+        file's other fields, one dict per prompt) reach the policy only here. Text-only policies
+        ignore ``records``; policies with ``reads_records = True`` (edit models) override this."""
+        return self.encode_prompts(prompts)
 
     @abc.abstractmethod
     def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:

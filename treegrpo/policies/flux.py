@@ -90,6 +90,7 @@ class FluxPolicy(DiffusersPolicy):
     """
 
     kernel_type = "FlowMatchingKernel"
+    pipeline_class = "FluxPipeline"  # the diffusers pipeline loaded (subclasses: FluxKontextPipeline)
 
     def __init__(self, model_path: str, resolution: int = 512, dtype: str = "float32",
                  lora: dict | None = None, guidance: float | None = 3.5, negative_prompt: str = "",
@@ -98,14 +99,14 @@ class FluxPolicy(DiffusersPolicy):
                  embedding_cache_size: int = DEFAULT_CACHE_SIZE, embedding_dir: str | None = None,
                  compile_denoiser: bool | dict = False, device: str = "cpu") -> None:
         super().__init__()
-        from diffusers import FluxPipeline
+        import diffusers
 
         if not isinstance(max_sequence_length, int) or not 1 <= max_sequence_length <= 512:
             raise ValueError(f"max_sequence_length must be an int in [1, 512], got {max_sequence_length!r}")
         if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                      or guidance < 0):
             raise ValueError(f"guidance must be a number >= 0 or None, got guidance={guidance!r}")
-        pipe = load_pipeline(FluxPipeline, model_path, dtype)
+        pipe = load_pipeline(getattr(diffusers, self.pipeline_class), model_path, dtype)
         patch = 2 * pipe.vae_scale_factor
         if not isinstance(resolution, int) or resolution < patch or resolution % patch:
             raise ValueError(f"resolution must be a positive multiple of {patch} (2 x the VAE's "

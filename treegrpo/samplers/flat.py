@@ -43,14 +43,15 @@ class FlatSampler:
 
     @torch.no_grad()
     def sample(self, policy, kernel, prompts: list[str], plan,
-               generator: PromptNoise | torch.Generator) -> Rollout:
+               generator: PromptNoise | torch.Generator, records: list[dict] | None = None) -> Rollout:
         """Rollout of ``len(prompts) * group_size`` chains, trained on the plan's window;
         ``generator``: the noise source (:class:`PromptNoise`, or a generator for one process)."""
         noise_source = as_noise(generator)
         device = next(policy.denoiser.parameters()).device
         num_prompts, group, gs = len(prompts), self.group_size, self.guidance_scale
         nfe_before = policy.nfe
-        cond = policy.encode_prompts(prompts)
+        # records (one dict per prompt) only for policies that read them (edit models' input images)
+        cond = policy.encode_prompts(prompts) if records is None else policy.encode(prompts, records)
         levels = policy.noise_levels(self.num_steps).to(device)
         window = plan.steps
         if window.stop > self.num_steps:

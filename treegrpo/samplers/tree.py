@@ -42,14 +42,15 @@ class TreeSampler:
 
     @torch.no_grad()
     def sample(self, policy, kernel, prompts: list[str], plan,
-               generator: PromptNoise | torch.Generator) -> Rollout:
+               generator: PromptNoise | torch.Generator, records: list[dict] | None = None) -> Rollout:
         """Rollout of ``len(prompts)`` trees under the branching ``plan`` (start, depth, k or ks);
         ``generator``: the noise source (:class:`PromptNoise`, or a generator for one process)."""
         noise_source = as_noise(generator)
         device = next(policy.denoiser.parameters()).device
         num_prompts, gs = len(prompts), self.guidance_scale
         nfe_before = policy.nfe
-        cond = policy.encode_prompts(prompts)
+        # records (one dict per prompt) only for policies that read them (edit models' input images)
+        cond = policy.encode_prompts(prompts) if records is None else policy.encode(prompts, records)
         levels = policy.noise_levels(self.num_steps).to(device)
         plan_steps = plan.steps
         if plan_steps.stop > self.num_steps:
