@@ -185,6 +185,12 @@ def test_strict_reward_is_the_product_of_attribute_probabilities(reward):
     assert (strict(images, one_wrong) < 0.1).all() and (reward(images, one_wrong) > 0.75).all()
     with pytest.raises(ValueError, match=r"reduction must be one of \['mean', 'product'\], got 'min'"):
         ToyAlignmentReward(reduction="min")
+    hard = ToyAlignmentReward(attributes=["shape", "position"])  # mean of the two chosen attributes
+    assert torch.allclose(hard(images, prompts), (probs[:, 0] + probs[:, 4]) / 2)
+    assert (hard(images, one_wrong) < 0.6).all()  # the position is one of the two scored
+    for bad in ([], ["shape", "shape"], ["hue"]):
+        with pytest.raises(ValueError, match="attributes must be a non-empty list of distinct names"):
+            ToyAlignmentReward(attributes=bad)
 
 
 def test_shipped_generator_leaves_headroom_on_the_strict_task(policy):

@@ -28,19 +28,27 @@ class ToyAlignmentReward(Reward):
         checkpoint: classifier safetensors (None: the shipped
             ``treegrpo/toy/weights/toy_classifier.safetensors``), loaded on first use.
         device: where the classifier runs; the result is returned on the images' device.
-        reduction: how the per-attribute probabilities [L, 5] become one score: ``'mean'``
+        reduction: how the per-attribute probabilities [L, A] become one score: ``'mean'``
             (partial credit) or ``'product'`` (all attributes right).
+        attributes: which attributes are scored (default: all of ``ATTRIBUTES``), e.g.
+            ``['shape', 'position']``, the two the shipped generator gets wrong most.
     """
 
     REDUCTIONS = ("mean", "product")
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", attributes: tuple[str, ...] | list[str] | None = None) -> None:
         if reduction not in self.REDUCTIONS:
             raise ValueError(f"reduction must be one of {list(self.REDUCTIONS)}, got {reduction!r}")
+        attributes = tuple(ATTRIBUTES) if attributes is None else tuple(attributes)
+        unknown = [name for name in attributes if name not in ATTRIBUTES]
+        if not attributes or unknown or len(set(attributes)) != len(attributes):
+            raise ValueError(f"attributes must be a non-empty list of distinct names from {list(ATTRIBUTES)}, "
+                             f"got {list(attributes)}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else CLASSIFIER_WEIGHTS
         self.device = torch.device(device)
         self.reduction = reduction
+        self.attributes = attributes
         self._model: ToyClassifier | None = None
 
     @property
@@ -62,10 +70,11 @@ class ToyAlignmentReward(Reward):
 
     def __repr__(self) -> str:
         return (f"ToyAlignmentReward(checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r}, "
-                f"reduction={self.reduction!r})")
+                f"reduction={self.reduction!r}, attributes={list(self.attributes)})")
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        probs = torch.stack(list(self.attribute_scores(images, prompts).values()), dim=1)
+        scores = self.attribute_scores(images, prompts)
+        probs = torch.stack([scores[name] for name in self.attributes], dim=1)
         return probs.prod(dim=1) if self.reduction == "product" else probs.mean(dim=1)
 
 
@@ -112,12 +121,7 @@ class ToyMetadataReward(ToyAlignmentReward):
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                  attributes: tuple[str, ...] | list[str] | None = None) -> None:
-        super().__init__(checkpoint, device)
-        attributes = tuple(ATTRIBUTES) if attributes is None else tuple(attributes)
-        unknown = [name for name in attributes if name not in ATTRIBUTES]
-        if not attributes or unknown:
-            raise ValueError(f"attributes must be a non-empty list of {list(ATTRIBUTES)}, got {list(attributes)}")
-        self.attributes = attributes
+        super().__init__(checkpoint, device, attributes=attributes)
 
     def __repr__(self) -> str:
         return (f"ToyMetadataReward(checkpoint={str(self.checkpoint)!r}, device={str(self.device)!r}, "
