@@ -100,7 +100,7 @@ def test_benchmark_smoke_run_writes_every_file(tmp_path):
     from tools.benchmark import main as benchmark_main
 
     out = benchmark_main(["--seeds", "1", "--budget-mode", "iters", "--budget", "2", "--eval-interval", "1",
-                          "--eval-prompts", "4", "--out", str(tmp_path),
+                          "--eval-prompts", "4", "--out", str(tmp_path), "--save-final",
                           "--cfg-options", "prompts_per_iter=2", "sampler.num_steps=6"])
     names = sorted(p.name for p in out.iterdir())
     assert names == ["results.json", "reward_vs_edges.png", "reward_vs_nfe.png", "reward_vs_seconds.png",
@@ -112,6 +112,8 @@ def test_benchmark_smoke_run_writes_every_file(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| treegrpo_toy_shapes |" in summary and "| grpo_toy_shapes |" in summary
     assert "budget per run: 2 (iters)" in summary
+    for name in ("treegrpo_toy_shapes_seed0", "grpo_toy_shapes_seed0"):  # --save-final: the last weights
+        assert [p.name for p in (out / "runs" / name / "checkpoints").iterdir()] == ["iter_2"]
 
 
 def test_target_met_at_cost_zero_is_reached_not_missing():

@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="work_dirs/benchmark")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="applied to every config, e.g. prompts_per_iter=8")
+    parser.add_argument("--save-final", action="store_true", help="keep each run's final weights "
+                        "(runs/<config>_seed<n>/checkpoints/), e.g. for tools/diversity.py --checkpoint")
     parser.add_argument("--from-results", nargs="+", help="redo summary and plots from results.json files, "
                         "no training; several files (same settings, different seeds) are merged")
     return parser.parse_args(argv)
@@ -67,6 +69,8 @@ def benchmark_config(path: str, seed: int, args, run_dir: Path) -> dict:
         raise KeyError(f"{path} has no EvalHook in `hooks`: the benchmark needs its eval prompts")
     cfg.hooks = [dict(type="LoggerHook", interval=1),
                  dict(evals[0], interval=args.eval_interval, num_prompts=args.eval_prompts)]
+    if args.save_final:  # once, after the last iteration (not timed: hooks run outside the iteration)
+        cfg.hooks.append(dict(type="CheckpointHook", interval=10**9, max_keep=1))
     cfg.tensorboard = False
     Runner(cfg, run_dir).train()
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
