@@ -116,7 +116,7 @@ KNOWN_MODELS = {
 }
 FAMILIES = {"SD3Policy": ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
             "FluxPolicy": ("text_encoder", "text_encoder_2", "vae"),
-            "QwenImagePolicy": ("text_encoder", "vae")}
+            "QwenImagePolicy": ("text_encoder", "vae"), "WanPolicy": ("text_encoder", "vae")}
 DEFAULT_LORA_TARGETS = {"FluxPolicy": ("treegrpo.policies.flux", "FLUX_LORA_TARGETS"),
                         "QwenImagePolicy": ("treegrpo.policies.qwen_image", "QWEN_IMAGE_LORA_TARGETS")}
 
@@ -168,6 +168,12 @@ def model_parts(settings: dict) -> mp.ModelParts:
     config = denoiser.config
     vae = frozen["vae"].config
     downscale = 2 ** (len(vae.temperal_downsample) if "temperal_downsample" in vae else len(vae.block_out_channels) - 1)
+    if settings["family"] == "WanPolicy":  # video: the latent frames multiply the tokens
+        temporal = 2 ** sum(bool(t) for t in vae.temperal_downsample)
+        _, image_tokens = mp.video_tokens(settings["num_frames"], settings["height"], settings["width"],
+                                          temporal, downscale, tuple(config.patch_size))
+        text_tokens = settings["max_sequence_length"]  # cross-attention keys, cached [L, text_dim] per prompt
+        return mp.ModelParts(denoiser, frozen, image_tokens, text_tokens, text_tokens * config.text_dim)
     side = settings["resolution"] // downscale
     if settings["family"] == "SD3Policy":
         image_tokens = (side // config.patch_size) ** 2
