@@ -4,6 +4,7 @@
     python tools/bench_rollout.py --policy sd3 --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
     python tools/bench_rollout.py --policy sd3 --model-path /models/stable-diffusion-3.5-medium --guidance-scale 4.5
     python tools/bench_rollout.py --policy flux --random-weights --out work_dirs/bench_rollout/flux.json
+    python tools/bench_rollout.py --policy wan --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
 
 Each mode (``tree``: TreeSampler + TreeBackup; ``flat``: FlatSampler + GroupNorm with
 G = k**depth images per prompt, the same window, reward, loss and update) builds the project's own
@@ -11,9 +12,12 @@ Runner from a config and runs ``Runner.train_iteration`` itself, timing each pha
 advantage, update) between ``torch.cuda.synchronize`` calls and recording its peak memory. ``--random-weights``
 builds the pipeline in memory, directly in ``--dtype`` (real shapes: SD3.5-medium transformer with
 CLIP-L/G and the 16-channel VAE, no T5; SD1.5; or FLUX.1-dev: 12B transformer, CLIP-L, T5-XXL
-encoder and the 16-channel VAE, ~34 GB of bf16 weights; tiny shapes: tools/make_tiny_models.py),
+encoder and the 16-channel VAE, ~34 GB of bf16 weights; Qwen-Image: 20B transformer, Qwen2.5-VL-7B
+and its VAE; Wan 2.1 T2V 1.3B: transformer, UMT5-XXL encoder, Wan VAE, 33 frames at 480x832, the
+sizes of tools/memory_plan.py; tiny shapes: tools/make_tiny_models.py),
 saves it to a temporary folder (safetensors) and loads it through the real policy class with the
-LoRA of configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible). FLUX.1-dev
+LoRA of configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible; Wan: averaged
+over 4 frames of each clip). FLUX.1-dev
 samples without CFG: ``--guidance-scale 1`` (the default) and the policy's embedded ``guidance``.
 """
 from __future__ import annotations
@@ -37,15 +41,18 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from tools.make_tiny_models import (byte_level_clip_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
-                                    tiny_sd15_pipeline, unigram_t5_tokenizer)
+from tools.make_tiny_models import (byte_level_clip_tokenizer, tiny_flux_pipeline,  # noqa: E402
+                                    tiny_qwenimage_pipeline, tiny_sd3_pipeline, tiny_sd15_pipeline, tiny_wan,
+                                    unigram_t5_tokenizer)
+from tools.memory_plan import QWEN25_VL_7B, QWEN_IMAGE, QWEN_IMAGE_VAE, UMT5_XXL, WAN21_1_3B, WAN_VAE  # noqa: E402
 from treegrpo.inference import load_config  # noqa: E402
 from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
 PHASES = ("sample", "reward", "advantage", "update")
 BASE_CONFIGS = {"sd3": "configs/_base_/models/sd35_medium.py", "sd15": "configs/_base_/models/sd15.py",
-                "flux": "configs/_base_/models/flux_dev.py", "toy": "configs/_base_/models/toy_flow.py"}
+                "flux": "configs/_base_/models/flux_dev.py", "toy": "configs/_base_/models/toy_flow.py",
+                "qwenimage": "configs/_base_/models/qwenimage.py", "wan": "configs/_base_/models/wan.py"}
 PROMPTS = ["a photo of a cat on a sofa", "a red car in the rain", "a bowl of fruit on a wooden table",
            "a lighthouse at sunset", "an astronaut riding a horse", "a city street at night",
            "a watercolor painting of mountains", "a close-up of a sunflower"]
@@ -131,10 +138,56 @@ def real_flux_pipeline():
         tokenizer_2=unigram_t5_tokenizer())
 
 
+def real_qwenimage_models() -> dict:
+    """Qwen-Image sizes, random weights: 20B transformer, Qwen2.5-VL-7B text encoder, the Qwen-Image VAE."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration as QwenVL
+
+    return {"transformer": QwenImageTransformer2DModel(**QWEN_IMAGE),
+            "text_encoder": QwenVL(QwenVL.config_class.from_dict(QWEN25_VL_7B)),
+            "vae": AutoencoderKLQwenImage(**QWEN_IMAGE_VAE)}
+
+
+def real_qwenimage_pipeline():
+    """:func:`real_qwenimage_models` over the tiny byte-level tokenizer's ids, with Qwen-Image's
+    exponentially shifted flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    from tools.tiny_qwen_image import byte_level_qwen_tokenizer
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, time_shift_type="exponential", shift_terminal=0.02)
+    return QwenImagePipeline(scheduler=scheduler, tokenizer=byte_level_qwen_tokenizer(), **real_qwenimage_models())
+
+
+def real_wan_models() -> dict:
+    """Wan 2.1 T2V 1.3B sizes, random weights: transformer, UMT5-XXL encoder, Wan VAE."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return {"transformer": WanTransformer3DModel(**WAN21_1_3B),
+            "text_encoder": UMT5EncoderModel(UMT5Config(**UMT5_XXL)), "vae": AutoencoderKLWan(**WAN_VAE)}
+
+
+def real_wan_pipeline():
+    """:func:`real_wan_models` with the T5-style tokenizer and the hub checkpoint's UniPC flow
+    scheduler (flow_shift 3)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+    return WanPipeline(tokenizer=unigram_t5_tokenizer(), scheduler=scheduler, **real_wan_models())
+
+
 BUILDERS = {("sd3", "real"): real_sd3_pipeline, ("sd15", "real"): real_sd15_pipeline,
             ("flux", "real"): real_flux_pipeline, ("sd3", "tiny"): tiny_sd3_pipeline,
-            ("sd15", "tiny"): tiny_sd15_pipeline, ("flux", "tiny"): tiny_flux_pipeline}
+            ("sd15", "tiny"): tiny_sd15_pipeline, ("flux", "tiny"): tiny_flux_pipeline,
+            ("qwenimage", "real"): real_qwenimage_pipeline, ("qwenimage", "tiny"): tiny_qwenimage_pipeline,
+            ("wan", "real"): real_wan_pipeline, ("wan", "tiny"): tiny_wan}
 RESOLUTION = {"real": 512, "tiny": 32}
+# Wan clips (height, width, frames): the config's 33 frames at 480x832; tiny: 16 px (8x VAE, 2x2 patches)
+VIDEO = {"real": dict(height=480, width=832, num_frames=33), "tiny": dict(height=16, width=16, num_frames=5)}
 
 
 def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder: Path) -> dict:
@@ -152,12 +205,16 @@ def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder
     del pipe
     empty_cache(device)
     if shapes == "tiny":
-        return {"builder": f"tools/make_tiny_models.py tiny_{policy}_pipeline"}
+        return {"builder": f"tools/make_tiny_models.py {BUILDERS[(policy, shapes)].__name__}"}
     if policy == "sd3":
         return {"transformer": SD35_MEDIUM_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": CLIP_G,
                 "t5": T5_NOTE, "vae": SD3_VAE}
     if policy == "flux":
         return {"transformer": FLUX_DEV_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL, "vae": FLUX_VAE}
+    if policy == "qwenimage":
+        return {"transformer": QWEN_IMAGE, "text_encoder": QWEN25_VL_7B, "vae": QWEN_IMAGE_VAE}
+    if policy == "wan":
+        return {"transformer": WAN21_1_3B, "text_encoder": UMT5_XXL, "vae": WAN_VAE}
     return {"unet": SD15_UNET, "text_encoder": CLIP_L, "vae": SD15_VAE}
 
 
@@ -240,7 +297,8 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
     base = load_config(ROOT / BASE_CONFIGS[args.policy])
     policy, kernel = dict(base.policy), dict(base.kernel)
     if args.policy != "toy":
-        policy.update(model_path=str(model_path), dtype=args.dtype, resolution=args.resolution)
+        policy.update(model_path=str(model_path), dtype=args.dtype)
+        policy.update(VIDEO[args.shapes] if args.policy == "wan" else dict(resolution=args.resolution))
         if args.policy == "sd3":
             policy["use_t5"] = False
     policy["device"] = args.device
@@ -255,7 +313,7 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
     return Config(dict(
         policy=policy, kernel=kernel, sampler=sampler, advantage=advantage,
         schedule=dict(type="FixedWindow", start=args.window_start, depth=args.depth, k=args.k),
-        reward=dict(type="JPEGCompressibility", quality=95),
+        reward=reward_config(args.policy),
         loss=dict(type="GRPOClipLoss", clip_range=1e-4, beta=args.kl_beta),
         train_dataset=base.get("train_dataset", dict(type="PromptList", prompts=PROMPTS)),
         optimizer=dict(type="AdamW", lr=1e-5),
@@ -263,6 +321,12 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
         update=dict(micro_batch_size=args.micro_batch_size, per_step_batches=args.per_step_batches),
         hooks=[], seed=0, tensorboard=False, cpu=torch.device(args.device).type == "cpu",
         mixed_precision=mixed_precision(args)))
+
+
+def reward_config(policy: str) -> dict:
+    """JPEG compressibility (cheap but visible); for Wan's clips averaged over 4 evenly spaced frames."""
+    jpeg = dict(type="JPEGCompressibility", quality=95)
+    return dict(type="FrameAveragedReward", num_frames=4, reward=jpeg) if policy == "wan" else jpeg
 
 
 def mixed_precision(args: argparse.Namespace) -> str:
@@ -308,7 +372,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=sorted(BASE_CONFIGS), default="sd3")
     parser.add_argument("--random-weights", action="store_true",
-                        help="build sd3/sd15/flux with random weights (no download)")
+                        help="build sd3/sd15/flux/qwenimage/wan with random weights (no download)")
     parser.add_argument("--model-path", help="a local diffusers folder or hub id (instead of --random-weights)")
     parser.add_argument("--shapes", choices=["tiny", "real"], help="default: real on CUDA, tiny on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -369,6 +433,7 @@ def main(argv=None) -> dict:
         "memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "memory_note": memory_note(device),
         "shapes": args.shapes, "resolution": args.resolution if args.policy != "toy" else 32,
+        "video": VIDEO[args.shapes] if args.policy == "wan" else None,
         "model": {"policy": args.policy, **model,
                   "lora": load_config(ROOT / BASE_CONFIGS[args.policy]).policy.get("lora")},
         "config": {k: getattr(args, k) for k in ("iters", "warmup", "prompts_per_iter", "k", "depth", "num_steps",
