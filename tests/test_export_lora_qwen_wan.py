@@ -105,8 +105,11 @@ def test_real_size_denoisers_are_covered():
     assert len(set(wan_names)) == len(wan_names) and "blocks.39.cross_attn.o" in wan_names
 
 
-def test_wan_export_semantics_and_diffusers_reads_it():
+def test_wan_export_semantics_and_diffusers_reads_it(tmp_path):
+    from tools.export_lora import main as export_main
     from tools.tiny_wan import tiny_wan_pipeline
+    from treegrpo.checkpoint import save_checkpoint
+    from treegrpo.lora_export import read_safetensors
 
     pipe = tiny_wan_pipeline(0)
     stock = pipe.transformer
@@ -120,6 +123,15 @@ def test_wan_export_semantics_and_diffusers_reads_it():
     pipe.load_lora_weights(state)  # diffusers' musubi-tuner (lora_unet_blocks_*) reader
     with torch.no_grad():
         torch.testing.assert_close(pipe.transformer(**args)[0], adapted(**args)[0], rtol=1e-4, atol=1e-5)
+    # the CLI on a WanPolicy checkpoint (peft tensors; family and alpha from the run's config.py)
+    run = tmp_path / "run"
+    peft_state = {n: p for n, p in adapted.state_dict().items() if ".lora_" in n}
+    save_checkpoint(run / "checkpoints" / "iter_1", peft_state, {}, {})
+    (run / "config.py").write_text("policy = dict(type='WanPolicy', lora=dict(r=4, alpha=8))\n")
+    out = export_main([str(run), "--out", str(tmp_path / "wan.safetensors")])
+    written, metadata = read_safetensors(out)
+    assert metadata["treegrpo_family"] == "wan" and set(written) == set(state)
+    assert all(torch.equal(written[k], state[k]) for k in state)
 
 
 def test_qwen_image_export_semantics_and_diffusers_reads_it():
