@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_video_core import FRAMES, TinyVideoPolicy, VideoBrightnessReward  # noqa: F401  (registered)
+from test_video_core import FRAMES, TinyVideoPolicy, VideoBrightnessReward  # noqa: F401  (registers both)
 
 from conftest import write_config
 from tools.visualize_tree import main as visualize_main
