@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tools import bench_rollout
+from tools import bench_models, bench_rollout
 from tools.bench_rollout import flat_nfe, main, parse_args, tree_nfe
 
 SMALL = ["--iters", "1", "--warmup", "0", "--prompts-per-iter", "2", "--k", "2", "--depth", "2",
@@ -83,7 +83,7 @@ def test_toy_with_cfg_and_kl_counts_every_forward(tmp_path):
 
 def test_real_shapes_builders_match_the_published_sizes():
     with torch.device("meta"):  # no memory: shapes only
-        sd3, sd15 = bench_rollout.real_sd3_pipeline(), bench_rollout.real_sd15_pipeline()
+        sd3, sd15 = bench_models.real_sd3_pipeline(), bench_models.real_sd15_pipeline()
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     assert count(sd15.unet) == 859_520_964 and count(sd15.text_encoder) == 123_060_480  # SD1.5 UNet, CLIP-L
     assert count(sd15.vae) == 83_653_863 and count(sd3.text_encoder_2) == 694_659_840  # SD VAE, CLIP-G
@@ -95,7 +95,7 @@ def test_real_shapes_builders_match_the_published_sizes():
 
 def test_real_flux_builder_matches_flux1_dev():
     with torch.device("meta"):
-        flux = bench_rollout.real_flux_pipeline()
+        flux = bench_models.real_flux_pipeline()
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     transformer = flux.transformer
     assert count(transformer) == 11_901_408_320 and count(flux.text_encoder_2) == 4_762_310_656  # FLUX.1-dev, T5-XXL
@@ -117,3 +117,34 @@ def test_argument_errors():
         parse_args(["--policy", "toy", "--depth", "3", "--num-steps", "4", "--window-start", "2"])
     with pytest.raises(ValueError, match="dtype must be one of"):
         parse_args(["--policy", "toy", "--dtype", "int8"])
+
+
+@pytest.mark.parametrize("policy", ["qwenimage", "wan"])
+def test_qwenimage_and_wan_tiny_random_weights(tmp_path, policy):
+    results = main(["--policy", policy, "--random-weights", "--shapes", "tiny", "--device", "cpu",
+                    "--out", str(tmp_path / f"{policy}.json"), *SMALL])
+    _check(results, {"tree": (16, 6), "flat": (32, 16)}, {"tree": 12, "flat": 16}, policy)
+    assert results["model"]["lora"]["r"] == {"qwenimage": 64, "wan": 32}[policy]  # configs/_base_/models/
+    assert results["model"]["builder"] == {"qwenimage": "tools/make_tiny_models.py tiny_qwenimage_pipeline",
+                                           "wan": "tools/make_tiny_models.py tiny_wan"}[policy]
+    # latents: Qwen-Image 32 px -> [16, 4, 4]; Wan 5 frames at 16 px -> [16, (5 - 1) / 4 + 1, 2, 2]
+    latent = {"qwenimage": [16, 4, 4], "wan": [16, 2, 2, 2]}[policy]
+    assert all(r["latent_shape"] == latent for r in results["modes"].values())
+    assert results["video"] == ({"height": 16, "width": 16, "num_frames": 5} if policy == "wan" else None)
+
+
+def test_real_qwenimage_and_wan_builders_have_the_memory_plans_sizes(monkeypatch):
+    """The models of the --shapes real pipelines, built on the meta device (no memory, not run):
+    the parameter counts of tools/memory_plan.py's hub configs."""
+    with torch.device("meta"):
+        wan, qwen = bench_models.real_wan_models(), bench_models.real_qwenimage_models()
+    assert sum(p.numel() for p in wan["transformer"].parameters()) == 1_418_996_800  # Wan 2.1 T2V 1.3B
+    assert sum(p.numel() for p in wan["text_encoder"].parameters()) > 5e9  # UMT5-XXL encoder
+    assert len(qwen["transformer"].transformer_blocks) == 60 and qwen["transformer"].config.joint_attention_dim == 3584
+    assert qwen["text_encoder"].config.text_config.hidden_size == 3584
+    # the pipelines around them (scheduler, tokenizer) assemble; the models stay on meta
+    monkeypatch.setattr(bench_models, "real_wan_models", lambda: wan)
+    monkeypatch.setattr(bench_models, "real_qwenimage_models", lambda: qwen)
+    wan_pipe, qwen_pipe = bench_rollout.BUILDERS[("wan", "real")](), bench_rollout.BUILDERS[("qwenimage", "real")]()
+    assert type(wan_pipe).__name__ == "WanPipeline" and wan_pipe.scheduler.config.flow_shift == 3.0
+    assert type(qwen_pipe).__name__ == "QwenImagePipeline" and qwen_pipe.transformer is qwen["transformer"]

@@ -235,7 +235,7 @@ def test_errors_name_the_problem(tmp_path):
         export_main([str(tmp_path / "full"), "--out", str(tmp_path / "x.safetensors")])
     with pytest.raises(FileNotFoundError, match="wrote no diffusers LoRA"):
         load_checkpoint_lora(full, source="diffusers")
-    with pytest.raises(ValueError, match=r"family must be one of \['flux', 'sd15', 'sd3'\], got family='sdxl'"):
+    with pytest.raises(ValueError, match=r"family must be one of \['flux', 'qwenimage', 'sd15', 'sd3', 'wan'\], got family='sdxl'"):
         export_main([str(full), "--out", str(tmp_path / "x.safetensors"), "--family", "sdxl"])
     with pytest.raises(ValueError, match="source must be one of"):
         load_checkpoint_lora(full, source="kohya")
@@ -291,7 +291,7 @@ def test_export_refuses_bad_alpha_out_suffix_and_a_family_the_run_contradicts(sd
 
     lone = tmp_path / "lone_iter"
     shutil.copytree(run_dir / "checkpoints" / "iter_1", lone)
-    with pytest.raises(ValueError, match=r"keys start with 'transformer\.' \(family flux or sd3\)"):
+    with pytest.raises(ValueError, match=r"keys start with 'transformer\.' \(family flux or qwenimage or sd3 or wan\)"):
         export_main([str(lone), "--out", out, "--family", "sd15"])
     with pytest.raises(ValueError, match=r"which are 'sd3' modules; .* --family sd3"):
         export_main([str(lone), "--out", out, "--family", "sd15", "--source", "peft"])

@@ -4,6 +4,7 @@
     python tools/bench_rollout.py --policy sd3 --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
     python tools/bench_rollout.py --policy sd3 --model-path /models/stable-diffusion-3.5-medium --guidance-scale 4.5
     python tools/bench_rollout.py --policy flux --random-weights --out work_dirs/bench_rollout/flux.json
+    python tools/bench_rollout.py --policy wan --random-weights --shapes tiny --device cpu --iters 1 --warmup 0
 
 Each mode (``tree``: TreeSampler + TreeBackup; ``flat``: FlatSampler + GroupNorm with
 G = k**depth images per prompt, the same window, reward, loss and update) builds the project's own
@@ -11,9 +12,12 @@ Runner from a config and runs ``Runner.train_iteration`` itself, timing each pha
 advantage, update) between ``torch.cuda.synchronize`` calls and recording its peak memory. ``--random-weights``
 builds the pipeline in memory, directly in ``--dtype`` (real shapes: SD3.5-medium transformer with
 CLIP-L/G and the 16-channel VAE, no T5; SD1.5; or FLUX.1-dev: 12B transformer, CLIP-L, T5-XXL
-encoder and the 16-channel VAE, ~34 GB of bf16 weights; tiny shapes: tools/make_tiny_models.py),
+encoder and the 16-channel VAE, ~34 GB of bf16 weights; Qwen-Image: 20B transformer, Qwen2.5-VL-7B
+and its VAE; Wan 2.1 T2V 1.3B: transformer, UMT5-XXL encoder, Wan VAE, 33 frames at 480x832, the
+sizes of tools/memory_plan.py; tiny shapes: tools/make_tiny_models.py),
 saves it to a temporary folder (safetensors) and loads it through the real policy class with the
-LoRA of configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible). FLUX.1-dev
+LoRA of configs/_base_/models/. The reward is JPEGCompressibility (cheap but visible; Wan: averaged
+over 4 frames of each clip). FLUX.1-dev
 samples without CFG: ``--guidance-scale 1`` (the default) and the policy's embedded ``guidance``.
 """
 from __future__ import annotations
@@ -37,106 +41,20 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from tools.make_tiny_models import (byte_level_clip_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline,  # noqa: E402
-                                    tiny_sd15_pipeline, unigram_t5_tokenizer)
+from tools.bench_models import (BUILDERS, CLIP_G, CLIP_L, FLUX_DEV_TRANSFORMER, FLUX_VAE,  # noqa: E402,F401
+                                QWEN25_VL_7B, QWEN_IMAGE, QWEN_IMAGE_VAE, RESOLUTION, SD3_VAE, SD15_UNET, SD15_VAE,
+                                SD35_MEDIUM_TRANSFORMER, T5_NOTE, T5_XXL, UMT5_XXL, VIDEO, WAN21_1_3B, WAN_VAE)
 from treegrpo.inference import load_config  # noqa: E402
 from treegrpo.policies.diffusers_common import check_dtype  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
 PHASES = ("sample", "reward", "advantage", "update")
 BASE_CONFIGS = {"sd3": "configs/_base_/models/sd35_medium.py", "sd15": "configs/_base_/models/sd15.py",
-                "flux": "configs/_base_/models/flux_dev.py", "toy": "configs/_base_/models/toy_flow.py"}
+                "flux": "configs/_base_/models/flux_dev.py", "toy": "configs/_base_/models/toy_flow.py",
+                "qwenimage": "configs/_base_/models/qwenimage.py", "wan": "configs/_base_/models/wan.py"}
 PROMPTS = ["a photo of a cat on a sofa", "a red car in the rain", "a bowl of fruit on a wooden table",
            "a lighthouse at sunset", "an astronaut riding a horse", "a city street at night",
            "a watercolor painting of mountains", "a close-up of a sunflower"]
-# stabilityai/stable-diffusion-3.5-medium transformer/config.json
-SD35_MEDIUM_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                               attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
-                               caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
-                               dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              hidden_act="quick_gelu", projection_dim=768)
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              hidden_act="gelu", projection_dim=1280)
-VAE_COMMON = dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                  norm_num_groups=32)
-SD3_VAE = dict(VAE_COMMON, latent_channels=16, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
-               shift_factor=0.0609, scaling_factor=1.5305)
-SD15_VAE = dict(VAE_COMMON, latent_channels=4, sample_size=512, scaling_factor=0.18215)
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-# black-forest-labs/FLUX.1-dev: transformer/config.json (19 double + 38 single blocks, 24 heads x 128),
-# text_encoder_2 (T5-v1.1-XXL encoder, 4.76B), vae (as SD3's, FLUX's factors), scheduler
-FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                            guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-              layer_norm_epsilon=1e-6, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
-FLUX_VAE = dict(SD3_VAE, shift_factor=0.1159, scaling_factor=0.3611)
-FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                      max_image_seq_len=4096)
-T5_NOTE = ("omitted (use_t5=False): the pipeline feeds zeros in place of the 256 T5 tokens, so the transformer "
-           "sees the same 333 text tokens; T5-XXL encoding (once per prompt, cached) is not measured")
-
-
-def clip_encoder(spec: dict, projection: bool):
-    """A random CLIP text encoder with the real sizes over the byte-level tokenizer's ids."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    vocab = len(byte_level_clip_tokenizer())  # bos = vocab - 2, eos = vocab - 1
-    config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=vocab - 2,
-                            eos_token_id=vocab - 1, pad_token_id=vocab - 1, **spec)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
-def real_sd3_pipeline():
-    """SD3.5-medium sizes, random weights: MMDiT-X transformer, CLIP-L + CLIP-G, 16-channel VAE, no T5."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
-
-    return StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=AutoencoderKL(**SD3_VAE), text_encoder=clip_encoder(CLIP_L, True), tokenizer=byte_level_clip_tokenizer(),
-        text_encoder_2=clip_encoder(CLIP_G, True), tokenizer_2=byte_level_clip_tokenizer(),
-        text_encoder_3=None, tokenizer_3=None)
-
-
-def real_sd15_pipeline():
-    """SD1.5 sizes, random weights: 860M UNet, CLIP-L text encoder, 4-channel VAE, DDIM."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD15_VAE), text_encoder=clip_encoder(CLIP_L, False), tokenizer=byte_level_clip_tokenizer(),
-        unet=UNet2DConditionModel(**SD15_UNET), scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-
-
-def real_flux_pipeline():
-    """FLUX.1-dev sizes, random weights: 12B transformer with guidance embedding, CLIP-L, T5-XXL encoder,
-    16-channel VAE, dynamically shifted flow-matching scheduler."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    return FluxPipeline(
-        transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER), scheduler=FlowMatchEulerDiscreteScheduler(
-            **FLUX_SCHEDULER), vae=AutoencoderKL(**FLUX_VAE), text_encoder=clip_encoder(CLIP_L, False),
-        tokenizer=byte_level_clip_tokenizer(), text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
-        tokenizer_2=unigram_t5_tokenizer())
-
-
-BUILDERS = {("sd3", "real"): real_sd3_pipeline, ("sd15", "real"): real_sd15_pipeline,
-            ("flux", "real"): real_flux_pipeline, ("sd3", "tiny"): tiny_sd3_pipeline,
-            ("sd15", "tiny"): tiny_sd15_pipeline, ("flux", "tiny"): tiny_flux_pipeline}
-RESOLUTION = {"real": 512, "tiny": 32}
-
-
 def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder: Path) -> dict:
     """Build the pipeline with random weights on ``device`` directly in ``dtype`` (FLUX.1-dev built in
     float32 first would take 67 GB), save it to ``folder``."""
@@ -152,12 +70,16 @@ def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder
     del pipe
     empty_cache(device)
     if shapes == "tiny":
-        return {"builder": f"tools/make_tiny_models.py tiny_{policy}_pipeline"}
+        return {"builder": f"tools/make_tiny_models.py {BUILDERS[(policy, shapes)].__name__}"}
     if policy == "sd3":
         return {"transformer": SD35_MEDIUM_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": CLIP_G,
                 "t5": T5_NOTE, "vae": SD3_VAE}
     if policy == "flux":
         return {"transformer": FLUX_DEV_TRANSFORMER, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL, "vae": FLUX_VAE}
+    if policy == "qwenimage":
+        return {"transformer": QWEN_IMAGE, "text_encoder": QWEN25_VL_7B, "vae": QWEN_IMAGE_VAE}
+    if policy == "wan":
+        return {"transformer": WAN21_1_3B, "text_encoder": UMT5_XXL, "vae": WAN_VAE}
     return {"unet": SD15_UNET, "text_encoder": CLIP_L, "vae": SD15_VAE}
 
 
@@ -240,7 +162,8 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
     base = load_config(ROOT / BASE_CONFIGS[args.policy])
     policy, kernel = dict(base.policy), dict(base.kernel)
     if args.policy != "toy":
-        policy.update(model_path=str(model_path), dtype=args.dtype, resolution=args.resolution)
+        policy.update(model_path=str(model_path), dtype=args.dtype)
+        policy.update(VIDEO[args.shapes] if args.policy == "wan" else dict(resolution=args.resolution))
         if args.policy == "sd3":
             policy["use_t5"] = False
     policy["device"] = args.device
@@ -255,7 +178,7 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
     return Config(dict(
         policy=policy, kernel=kernel, sampler=sampler, advantage=advantage,
         schedule=dict(type="FixedWindow", start=args.window_start, depth=args.depth, k=args.k),
-        reward=dict(type="JPEGCompressibility", quality=95),
+        reward=reward_config(args.policy),
         loss=dict(type="GRPOClipLoss", clip_range=1e-4, beta=args.kl_beta),
         train_dataset=base.get("train_dataset", dict(type="PromptList", prompts=PROMPTS)),
         optimizer=dict(type="AdamW", lr=1e-5),
@@ -263,6 +186,12 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
         update=dict(micro_batch_size=args.micro_batch_size, per_step_batches=args.per_step_batches),
         hooks=[], seed=0, tensorboard=False, cpu=torch.device(args.device).type == "cpu",
         mixed_precision=mixed_precision(args)))
+
+
+def reward_config(policy: str) -> dict:
+    """JPEG compressibility (cheap but visible); for Wan's clips averaged over 4 evenly spaced frames."""
+    jpeg = dict(type="JPEGCompressibility", quality=95)
+    return dict(type="FrameAveragedReward", num_frames=4, reward=jpeg) if policy == "wan" else jpeg
 
 
 def mixed_precision(args: argparse.Namespace) -> str:
@@ -308,7 +237,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=sorted(BASE_CONFIGS), default="sd3")
     parser.add_argument("--random-weights", action="store_true",
-                        help="build sd3/sd15/flux with random weights (no download)")
+                        help="build sd3/sd15/flux/qwenimage/wan with random weights (no download)")
     parser.add_argument("--model-path", help="a local diffusers folder or hub id (instead of --random-weights)")
     parser.add_argument("--shapes", choices=["tiny", "real"], help="default: real on CUDA, tiny on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -369,6 +298,7 @@ def main(argv=None) -> dict:
         "memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "memory_note": memory_note(device),
         "shapes": args.shapes, "resolution": args.resolution if args.policy != "toy" else 32,
+        "video": VIDEO[args.shapes] if args.policy == "wan" else None,
         "model": {"policy": args.policy, **model,
                   "lora": load_config(ROOT / BASE_CONFIGS[args.policy]).policy.get("lora")},
         "config": {k: getattr(args, k) for k in ("iters", "warmup", "prompts_per_iter", "k", "depth", "num_steps",

@@ -3,9 +3,10 @@
     python tools/export_lora.py work_dirs/treegrpo_sd35_jpeg/<stamp> --out treegrpo_sd35.safetensors
     python tools/export_lora.py RUN/checkpoints/iter_300 --out lora.safetensors --family sd3 --dtype bfloat16
 
-Copy the file to ``ComfyUI/models/loras/``. Keys: ``lora_unet_<module>`` (SD1.x) or
-``lora_transformer_<module>`` (SD3/3.5, FLUX) with ``.lora_down.weight``, ``.lora_up.weight`` and
-``.alpha`` (see treegrpo/lora_export.py for the mapping and the ComfyUI code it relies on).
+Copy the file to ``ComfyUI/models/loras/``. Keys: ``lora_unet_<module>`` (SD1.x, Qwen-Image, Wan
+with the original Wan module names) or ``lora_transformer_<module>`` (SD3/3.5, FLUX) with
+``.lora_down.weight``, ``.lora_up.weight`` and ``.alpha`` (see treegrpo/lora_keys.py for the
+mapping and the ComfyUI code it relies on).
 """
 from __future__ import annotations
 

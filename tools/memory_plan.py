@@ -73,6 +73,21 @@ QWEN25_VL_7B = dict(
                        fullatt_block_indexes=[7, 15, 23, 31]))
 QWEN_IMAGE_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                       temperal_downsample=[False, True, True])
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan2.1-T2V-14B-Diffusers: transformer/config.json (30 blocks of
+# width 1536, 1.4B; 40 blocks of width 5120, 14B), text_encoder/config.json (UMT5-XXL encoder), vae/
+# (the same AutoencoderKLWan sizes as Qwen-Image's: 8x spatial, 4x temporal compression).
+WAN21 = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+             freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN21_1_3B = dict(WAN21, num_attention_heads=12, ffn_dim=8960, num_layers=30)
+WAN21_14B = dict(WAN21, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+UMT5_XXL = dict(T5_XXL, vocab_size=256384)
+WAN_VAE = QWEN_IMAGE_VAE
+
+
+def _wan(transformer: dict) -> dict:
+    return {"transformer": ("diffusers", "WanTransformer3DModel", transformer),
+            "text_encoder": ("transformers", "UMT5EncoderModel", UMT5_XXL),
+            "vae": ("diffusers", "AutoencoderKLWan", WAN_VAE)}
 
 
 def _sd3(transformer: dict) -> dict:
@@ -96,10 +111,12 @@ KNOWN_MODELS = {
         "transformer": ("diffusers", "QwenImageTransformer2DModel", QWEN_IMAGE),
         "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration", QWEN25_VL_7B),
         "vae": ("diffusers", "AutoencoderKLQwenImage", QWEN_IMAGE_VAE)},
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": _wan(WAN21_1_3B),
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": _wan(WAN21_14B),
 }
 FAMILIES = {"SD3Policy": ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
             "FluxPolicy": ("text_encoder", "text_encoder_2", "vae"),
-            "QwenImagePolicy": ("text_encoder", "vae")}
+            "QwenImagePolicy": ("text_encoder", "vae"), "WanPolicy": ("text_encoder", "vae")}
 DEFAULT_LORA_TARGETS = {"FluxPolicy": ("treegrpo.policies.flux", "FLUX_LORA_TARGETS"),
                         "QwenImagePolicy": ("treegrpo.policies.qwen_image", "QWEN_IMAGE_LORA_TARGETS")}
 
@@ -151,6 +168,12 @@ def model_parts(settings: dict) -> mp.ModelParts:
     config = denoiser.config
     vae = frozen["vae"].config
     downscale = 2 ** (len(vae.temperal_downsample) if "temperal_downsample" in vae else len(vae.block_out_channels) - 1)
+    if settings["family"] == "WanPolicy":  # video: the latent frames multiply the tokens
+        temporal = 2 ** sum(bool(t) for t in vae.temperal_downsample)
+        _, image_tokens = mp.video_tokens(settings["num_frames"], settings["height"], settings["width"],
+                                          temporal, downscale, tuple(config.patch_size))
+        text_tokens = settings["max_sequence_length"]  # cross-attention keys, cached [L, text_dim] per prompt
+        return mp.ModelParts(denoiser, frozen, image_tokens, text_tokens, text_tokens * config.text_dim)
     side = settings["resolution"] // downscale
     if settings["family"] == "SD3Policy":
         image_tokens = (side // config.patch_size) ** 2

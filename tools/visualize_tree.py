@@ -4,6 +4,9 @@
         --prompt "a small red circle on a blue background at the top" --out tree.png
     python tools/visualize_tree.py CONFIG --checkpoint work_dirs/<cfg>/<stamp> --prompt "..." \
         --start 0 --depth 3 --k 2
+
+Video policies (Wan: leaves [L, F, 3, H, W]) get an animated GIF, one tree picture per frame
+(``--out`` with suffix ``.gif``, ``--fps`` frames a second), written by treegrpo.utils.save_grid.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, SCHEDULES, build  # noqa: E402
 from treegrpo.schedules import BranchPlan  # noqa: E402
-from treegrpo.utils import make_generator  # noqa: E402
+from treegrpo.utils import make_generator, save_grid  # noqa: E402
 from treegrpo.visualization import branched_sample, tree_advantage  # noqa: E402
 
 
@@ -30,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("config")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--checkpoint", help="a run folder or checkpoints/iter_<n> (default: base model)")
-    parser.add_argument("--out", default="tree.png", help="PNG to write (default: tree.png)")
+    parser.add_argument("--out", default="tree.png", help="PNG to write (default: tree.png; video: a .gif)")
+    parser.add_argument("--fps", type=int, default=8, help="frames a second of a video tree's GIF (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", type=int, help="window start (default: the config's schedule)")
     parser.add_argument("--depth", type=int, help="tree depth (default: the config's schedule)")
@@ -42,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    if args.fps < 1:
+        raise ValueError(f"--fps must be an int >= 1, got {args.fps}")
     cfg = load_config(args.config, args.cfg_options)
     policy, kernel = load_policy(cfg, args.checkpoint)
     reward, advantage = build(REWARDS, cfg.reward), tree_advantage(cfg.advantage)
@@ -55,7 +62,11 @@ def main(argv=None) -> Path:
         cfg.sampler.get("guidance_scale", 1.0), make_generator("cpu", args.seed, 2), thumb=args.thumb)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tree.picture.save(out)
+    if tree.frames:  # video: the tree's pictures as frames [1, F, 3, H, W] of one animated GIF
+        clip = torch.stack([torch.from_numpy(np.array(f)).permute(2, 0, 1) for f in tree.frames]).float() / 255
+        out = save_grid(clip[None], out, nrow=1, fps=args.fps)
+    else:
+        tree.picture.save(out)
     print(f"wrote {out} ({tree.rollout.num_nodes} nodes, {tree.rollout.leaf_nodes.numel()} leaves)")
     return out
 

@@ -13,24 +13,17 @@ A LoRA module at path ``M`` of the denoiser (e.g. ``transformer_blocks.0.attn.to
 - ComfyUI (what we export): keys ``<comfy prefix>M_.lora_down.weight`` (= A),
   ``<comfy prefix>M_.lora_up.weight`` (= B) and ``<comfy prefix>M_.alpha`` (float32 scalar).
 
-Family -> (diffusers prefix, ComfyUI prefix): ``sd15`` -> (``unet``, ``lora_unet_``) with ``M`` the
-diffusers UNet path (the kohya-ss naming); ``sd3`` and ``flux`` -> (``transformer``,
-``lora_transformer_``) with ``M`` the diffusers transformer path (the OneTrainer naming).
+The family's key layout (prefixes, ComfyUI module names, which modules ComfyUI maps, family
+detection) is in :mod:`treegrpo.lora_keys`; its names are re-exported here.
 
-Why ComfyUI reads these (read in comfyanonymous/ComfyUI: ``comfy/lora.py``, ``comfy/utils.py``):
-- ``model_lora_keys_unet`` maps ``"lora_unet_" + k.replace(".", "_")`` for every diffusers UNet key
-  ``k`` (ending in ``.weight``, which is dropped) of ``comfy.utils.unet_to_diffusers`` (SD1.x/2.x/XL);
-  for ``model_base.SD3`` it maps ``"lora_transformer_" + k_`` (also ``"transformer." + k``) for every
-  key of ``comfy.utils.mmdit_to_diffusers`` (to_q/to_k/to_v as slices of the fused ``qkv``); for
-  ``model_base.Flux`` the same two prefixes over ``comfy.utils.flux_to_diffusers``. The module
-  names each map covers are listed at :data:`COMFYUI_MODULES`.
+Why ComfyUI reads the values (comfyanonymous/ComfyUI):
 - ``load_lora`` (now ``comfy/weight_adapter/lora.py::LoRAAdapter.load``) reads ``<key>.lora_up.weight``
   / ``<key>.lora_down.weight`` and ``<key>.alpha`` (``.item()``); ``calculate_weight`` applies
   ``W += strength * (alpha / lora_down.shape[0]) * (lora_up.flatten(1) @ lora_down.flatten(1))``.
   A file without ``.alpha`` gets scale 1 - which is why the diffusers file (alpha only in the
   metadata) is not loaded correctly by ComfyUI when alpha != r, and why we write ``.alpha``.
-The ComfyUI keys drop the dots, so :func:`from_comfyui` needs the set of real module names to undo
-the mapping (an underscore may be a dot or part of a name: ``to_out_0`` -> ``to_out.0``).
+The ComfyUI keys drop the dots (and rename Wan's modules), so :func:`from_comfyui` needs the set
+of real module names to undo the mapping (an underscore may be a dot or part of a name: ``to_out_0`` -> ``to_out.0``).
 """
 from __future__ import annotations
 
@@ -44,49 +37,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FAMILIES = {"sd15": ("unet", "lora_unet_"), "sd3": ("transformer", "lora_transformer_"),
-            "flux": ("transformer", "lora_transformer_")}
-POLICY_FAMILY = {"StableDiffusionPolicy": "sd15", "SD3Policy": "sd3", "FluxPolicy": "flux"}
+from .lora_keys import (COMFYUI_MODULES, FAMILIES, POLICY_FAMILY, WAN_RENAMES,  # noqa: F401 - re-exported
+                        check_family, check_family_matches, comfyui_key, comfyui_name, detect_family,
+                        underscore_index, unsupported_modules)
+
 METADATA_KEY = "lora_adapter_metadata"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-# Module paths M whose ``M.weight`` is a key of ComfyUI's diffusers -> ComfyUI key maps in
-# comfy/utils.py (comfyanonymous/ComfyUI; keyed as lora_unet_/lora_transformer_ + M_ by
-# comfy/lora.py::model_lora_keys_unet); a ComfyUI LoRA key of any other module is reported
-# "lora key not loaded" and skipped. Block indices are not checked against the model's depth.
-# Read: unet_to_diffusers and mmdit_to_diffusers at ComfyUI commit 2ba5cc8b; the later additions
-# to mmdit_to_diffusers (attn2, q/k norms) and flux_to_diffusers as of ComfyUI 0.3.7x.
-# - unet_to_diffusers (SD1.x/2.x/XL): per resnet conv1, conv2, time_emb_proj, conv_shortcut, norm1,
-#   norm2; per attention proj_in, proj_out, norm and per transformer block norm1-3, attn1/attn2
-#   to_q/to_k/to_v/to_out.0, ff.net.0.proj, ff.net.2; the down/upsampler convs; UNET_MAP_BASIC:
-#   conv_in, conv_out, conv_norm_out, time_embedding / class_embedding / add_embedding linear_1/2.
-_UNET_LEVEL = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
-_UNET = (rf"{_UNET_LEVEL}\.resnets\.\d+\.(conv1|conv2|time_emb_proj|conv_shortcut|norm1|norm2)"
-         rf"|{_UNET_LEVEL}\.attentions\.\d+\.(proj_in|proj_out|norm)"
-         rf"|{_UNET_LEVEL}\.attentions\.\d+\.transformer_blocks\.\d+\."
-         r"(norm[123]|attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2))"
-         r"|down_blocks\.\d+\.downsamplers\.0\.conv|up_blocks\.\d+\.upsamplers\.0\.conv"
-         r"|conv_in|conv_out|conv_norm_out|(time_embedding|class_embedding|add_embedding)\.linear_[12]")
-# - mmdit_to_diffusers (SD3 / SD3.5): per block attn to_q/to_k/to_v, add_q/k/v_proj, to_out.0,
-#   to_add_out, norm_q/norm_k/norm_added_q/norm_added_k; attn2 (SD3.5 dual attention) to_q/to_k/to_v,
-#   to_out.0, norm_q/norm_k; ff / ff_context net.0.proj, net.2; norm1 / norm1_context .linear;
-#   MMDIT_MAP_BASIC: pos_embed.proj, context_embedder, time_text_embed timestep/text embedder
-#   linear_1/2, norm_out.linear, proj_out.
-_SD3 = (r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out|norm_(q|k|added_q|added_k))"
-        r"|attn2\.(to_[qkv]|to_out\.0|norm_[qk])|ff(_context)?\.net\.(0\.proj|2)|norm1(_context)?\.linear)"
-        r"|pos_embed\.proj|context_embedder|time_text_embed\.(timestep|text)_embedder\.linear_[12]"
-        r"|norm_out\.linear|proj_out")
-# - flux_to_diffusers (FLUX.1): double blocks as SD3 without attn2, plus the LyCORIS names
-#   ff / ff_context linear_in/linear_out; single blocks attn to_q/to_k/to_v (slices of linear1),
-#   proj_mlp, proj_out, norm.linear, attn norm_q/norm_k (and FLUX.2's attn.to_qkv_mlp_proj,
-#   attn.to_out); MAP_BASIC: x_embedder, controlnet_x_embedder, context_embedder, time_text_embed
-#   timestep/text/guidance embedder linear_1/2, norm_out.linear, proj_out.
-_FLUX = (r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out|norm_(q|k|added_q|added_k))"
-         r"|ff(_context)?\.(net\.(0\.proj|2)|linear_(in|out))|norm1(_context)?\.linear)"
-         r"|single_transformer_blocks\.\d+\.(attn\.(to_[qkv]|norm_[qk]|to_qkv_mlp_proj|to_out)|proj_mlp|proj_out"
-         r"|norm\.linear)|x_embedder|controlnet_x_embedder|context_embedder"
-         r"|time_text_embed\.(timestep|text|guidance)_embedder\.linear_[12]|norm_out\.linear|proj_out")
-COMFYUI_MODULES = {family: re.compile(rf"^({pattern})$")
-                   for family, pattern in (("sd15", _UNET), ("sd3", _SD3), ("flux", _FLUX))}
 
 
 @dataclass
@@ -109,12 +65,6 @@ class LoraModule:
     def delta(self) -> torch.Tensor:
         """[out, in * prod(kernel)] float32: ``(alpha / r) * up @ down`` (reshape to the weight's shape)."""
         return self.scale * (self.up.flatten(1).float() @ self.down.flatten(1).float())
-
-
-def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got family={family!r}")
-    return family
 
 
 def check_alpha(alpha: float | None) -> float | None:
@@ -202,11 +152,6 @@ def from_peft(state: dict[str, torch.Tensor], alpha: float | None) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------------- writing
-def comfyui_key(family: str, module: str) -> str:
-    """``transformer_blocks.0.attn.to_out.0`` -> ``lora_transformer_transformer_blocks_0_attn_to_out_0``."""
-    return FAMILIES[check_family(family)][1] + module.replace(".", "_")
-
-
 def to_comfyui(modules: dict[str, LoraModule], family: str,
                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """{M: LoraModule} -> ComfyUI state dict: ``<key>.lora_down.weight`` / ``.lora_up.weight``
@@ -223,24 +168,12 @@ def to_comfyui(modules: dict[str, LoraModule], family: str,
     return state
 
 
-def underscore_index(known_modules) -> dict[str, str]:
-    """{``M`` with dots as underscores: ``M``}; ValueError when two names collide."""
-    index: dict[str, str] = {}
-    for name in known_modules:
-        flat = name.replace(".", "_")
-        if index.get(flat, name) != name:
-            raise ValueError(f"module names {index[flat]!r} and {name!r} both become {flat!r}: "
-                             "the ComfyUI layout cannot tell them apart")
-        index[flat] = name
-    return index
-
-
 def from_comfyui(state: dict[str, torch.Tensor], family: str, known_modules) -> dict[str, LoraModule]:
     """ComfyUI state dict -> {M: LoraModule}; ``known_modules`` (the model's module names, or
     those of a diffusers file) resolve which underscores were dots. A missing ``.alpha`` means
     ComfyUI's scale 1, i.e. alpha = r."""
     prefix = FAMILIES[check_family(family)][1]
-    index = underscore_index(known_modules)
+    index = underscore_index(known_modules, family)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         match = re.match(rf"^{re.escape(prefix)}(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$", key)
@@ -289,53 +222,6 @@ def to_diffusers(state: dict[str, torch.Tensor], family: str,
                  known_modules) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """ComfyUI layout -> diffusers layout (state dict, metadata): the inverse of :func:`to_comfyui`."""
     return diffusers_state(from_comfyui(state, family, known_modules), FAMILIES[check_family(family)][0])
-
-
-# ----------------------------------------------------------------------------------- families
-def detect_family(module_names, prefix: str | None = None, policy_type: str | None = None) -> str:
-    """The model family from the policy class name, else from the module names / diffusers prefix."""
-    if policy_type in POLICY_FAMILY:
-        return POLICY_FAMILY[policy_type]
-    names = list(module_names)
-    if prefix == "unet" or any(n.startswith(("down_blocks.", "up_blocks.", "mid_block.")) for n in names):
-        return "sd15"
-    if any(n.startswith("single_transformer_blocks.") for n in names):
-        return "flux"
-    if any(n.startswith("transformer_blocks.") for n in names):
-        return "sd3"
-    raise ValueError(f"cannot tell the model family from modules {names[:3]}; pass family= one of {sorted(FAMILIES)}")
-
-
-def check_family_matches(family: str, module_names, prefix: str | None = None,
-                         policy_type: str | None = None) -> str:
-    """ValueError when ``family`` contradicts the checkpoint: the run's ``policy.type``, the
-    diffusers key prefix (``unet`` / ``transformer``) or the module names. A FLUX LoRA on double
-    blocks only has SD3-like names, so ``flux`` is accepted for those when nothing else tells."""
-    check_family(family)
-    fix = "leave --family out (it is read from the checkpoint) or pass"
-    if policy_type in POLICY_FAMILY and POLICY_FAMILY[policy_type] != family:
-        right = POLICY_FAMILY[policy_type]
-        raise ValueError(f"family {family!r} does not match the run: its config.py has policy.type="
-                         f"{policy_type!r} (family {right!r}); {fix} --family {right}")
-    if prefix is not None and prefix != FAMILIES[family][0]:
-        right = sorted(f for f, (p, _) in FAMILIES.items() if p == prefix)
-        raise ValueError(f"family {family!r} does not match the LoRA file: its keys start with "
-                         f"{prefix + '.'!r} (family {' or '.join(right) or 'unknown'}); {fix} one of those")
-    names = list(module_names)
-    try:
-        by_names = detect_family(names)
-    except ValueError:
-        return family  # names of no known layout: nothing contradicts the given family
-    if by_names != family and not (by_names == "sd3" and family == "flux"):
-        raise ValueError(f"family {family!r} does not match the checkpoint's LoRA modules (e.g. {names[:2]}), "
-                         f"which are {by_names!r} modules; {fix} --family {by_names}")
-    return family
-
-
-def unsupported_modules(family: str, module_names) -> list[str]:
-    """Module names that ComfyUI's key map for ``family`` does not cover (it would skip them)."""
-    pattern = COMFYUI_MODULES[check_family(family)]
-    return sorted(n for n in module_names if not pattern.match(n))
 
 
 def known_module_names(model: nn.Module) -> list[str]:

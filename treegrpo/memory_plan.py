@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # SD3 / FLUX denoisers
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")  # SD3 / FLUX / Qwen-Image, Wan
 # Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models": a
 # transformer layer keeps ~34 * s * b * h bytes of 2-byte activations for backward (without the
 # attention-score term 5 * a * s^2 * b, which fused SDPA / flash attention never stores).
@@ -76,12 +76,22 @@ def lora_size(denoiser: nn.Module, rank: int, target_modules) -> tuple[int, int]
 
 
 def transformer_blocks(denoiser: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of an SD3 / FLUX transformer (double- and single-stream)."""
+    """The repeated blocks of an SD3 / FLUX / Qwen-Image (double- and single-stream) or Wan transformer."""
     blocks = [b for attr in BLOCK_LISTS for b in getattr(denoiser, attr, [])]
     if not blocks:
         raise ValueError(f"{type(denoiser).__name__} has no {' / '.join(BLOCK_LISTS)}: the activation "
-                         "estimate covers transformer denoisers (SD3, FLUX), not UNets")
+                         "estimate covers transformer denoisers (SD3, FLUX, Qwen-Image, Wan), not UNets")
     return blocks
+
+
+def video_tokens(num_frames: int, height: int, width: int, temporal: int, spatial: int,
+                 patch: tuple[int, int, int]) -> tuple[int, int]:
+    """(latent frames, transformer tokens) of one video of ``num_frames`` x ``height`` x ``width``
+    pixels: a causal video VAE keeps the first frame and compresses the rest ``temporal``-fold,
+    ``(F - 1) // temporal + 1`` latent frames of ``height / spatial`` x ``width / spatial``; the
+    transformer cuts them into ``patch`` = (t, h, w) patches, one token each."""
+    frames = (num_frames - 1) // temporal + 1
+    return frames, (frames // patch[0]) * (height // spatial // patch[1]) * (width // spatial // patch[2])
 
 
 def activation_bytes(blocks: int, hidden: int, tokens: int, rows: int, elem_bytes: int,

@@ -6,7 +6,7 @@ Plain functions returning PIL images, shared by ``tools/visualize_tree.py`` and 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -162,16 +162,31 @@ def count_forward_rows(policy, on_rows: Callable[[int], None] | None) -> Iterato
         handle.remove()
 
 
+def draw_tree_frames(parent: list[int], node_previews: torch.Tensor, leaf_nodes: list[int],
+                     leaf_images: torch.Tensor, leaf_rewards: list[float], node_advantages: list[float],
+                     thumb: int = 64, title: str = "") -> list[Image.Image]:
+    """A video tree, one picture per frame: :func:`draw_tree` of frame ``t`` of every node preview
+    [N, F, 3, H, W] and leaf clip [L, F, 3, H, W] (the same layout and labels on every frame)."""
+    if node_previews.dim() != 5 or leaf_images.dim() != 5 or node_previews.shape[1] != leaf_images.shape[1]:
+        raise ValueError(f"video trees need node previews [N, F, 3, H, W] and leaf clips [L, F, 3, H, W] with "
+                         f"the same F, got {list(node_previews.shape)} and {list(leaf_images.shape)}")
+    return [draw_tree(parent, node_previews[:, t], leaf_nodes, leaf_images[:, t], leaf_rewards, node_advantages,
+                      thumb=thumb, title=title) for t in range(leaf_images.shape[1])]
+
+
 @dataclass
 class BranchedSample:
     """One prompt's sampled tree: ``rollout`` (N nodes, L leaves), ``rewards`` [L],
-    ``advantages`` (``node`` [N], ``leaf`` [L]), ``previews`` [N, 3, H, W] and the drawn ``picture``."""
+    ``advantages`` (``node`` [N], ``leaf`` [L]), ``previews`` [N, 3, H, W] ([N, F, 3, H, W] for
+    video) and the drawn ``picture``; for video ``frames`` holds one picture per frame and
+    ``picture`` is the first of them."""
 
     rollout: Rollout
     rewards: torch.Tensor
     advantages: Advantages
     previews: torch.Tensor
     picture: Image.Image
+    frames: list[Image.Image] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -192,10 +207,13 @@ def branched_sample(policy, kernel, reward: Any, reward_name: str, advantage: Tr
     rewards = check_rewards(reward(rollout.images, rollout.leaf_prompts), rollout.leaf_nodes.numel(), reward_name)
     advantages = advantage(rollout, rewards)
     eta_text = "" if eta is None else f", eta={eta:g}"
-    picture = draw_tree(
+    draw = draw_tree_frames if rollout.images.dim() == 5 else draw_tree
+    drawn = draw(
         rollout.parent.tolist(), previews, rollout.leaf_nodes.tolist(), rollout.images, rewards.tolist(),
         advantages.node.tolist(), thumb=thumb,
         title=f"{prompt}  |  steps {plan.start}..{plan.stop - 1} of {num_steps}, k={plan.k}{eta_text}, "
               f"mean reward {rewards.mean():.3f}",
     )
-    return BranchedSample(rollout, rewards, advantages, previews, picture)
+    if isinstance(drawn, list):
+        return BranchedSample(rollout, rewards, advantages, previews, drawn[0], drawn)
+    return BranchedSample(rollout, rewards, advantages, previews, drawn)
