@@ -137,7 +137,7 @@ def _cell(value: float | None, spec: str) -> str:
 def markdown_table(rows: list[SummaryRow], target: float) -> str:
     """The summary as a markdown table: None as 'not reached'; a speed-up of a config that met
     the target at cost 0 (its first evaluation) while the baseline needed more as 'inf'; the
-    per-seed speed-ups as 'min-max'; 'bands' says whether the final rewards' seed bands are
+    per-seed speed-ups as 'min-max' ('-' for the baseline); 'bands' says whether the final rewards' seed bands are
     separated from the baseline's ('above' / 'below') or overlap ('overlap')."""
     lines = [
         f"Target reward = the baseline's final mean: {target:.4f}",
@@ -151,7 +151,8 @@ def markdown_table(rows: list[SummaryRow], target: float) -> str:
         lines.append(
             f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {_cell(r.seconds_to_target, '.1f')} | "
             f"{_cell(r.nfe_to_target, '.0f')} | {_cell(r.speedup_time, '.2f')} | {_cell(r.speedup_nfe, '.2f')} | "
-            f"{seed_range(r.seed_speedups_time)} | {seed_range(r.seed_speedups_nfe)} | {bands} | "
+            f"{'-' if r.is_baseline else seed_range(r.seed_speedups_time)} | "
+            f"{'-' if r.is_baseline else seed_range(r.seed_speedups_nfe)} | {bands} | "
             f"{r.edges_per_nfe:.3f} |"
         )
     return "\n".join(lines) + "\n"
