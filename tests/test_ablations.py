@@ -22,6 +22,9 @@ EXPECTED = {
     "treegrpo_toy_shapes_prob_t01.py": {"advantage.temperature": 0.1},
     "treegrpo_toy_shapes_sum_backup.py": {"advantage.weighting": "sum"},
     "treegrpo_toy_shapes_depth_norm.py": {"advantage.depth_norm": "depth"},
+    "treegrpo_toy_shapes_depth_scale.py": {
+        "advantage.depth_scale.0": 1.5, "advantage.depth_scale.1": 1.0,
+        "advantage.depth_scale.2": 0.5},
     "treegrpo_toy_shapes_eta05.py": {"kernel.eta": 0.5},
     "treegrpo_toy_shapes_eta1.py": {"kernel.eta": 1.0},
     "treegrpo_toy_shapes_prune50.py": {"update.prune.keep_fraction": 0.5},
