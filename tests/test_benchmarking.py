@@ -147,3 +147,12 @@ def test_merge_results_of_seeds_run_apart():
     c = {"args": dict(settings, budget=20.0), "results": {}}
     with pytest.raises(ValueError, match=r"differ in \['budget'\]"):
         merge_results([a, c])
+    # a variant run with --cfg-options joins under its label; unlabelled, its options must match
+    variant = {"args": dict(settings, cfg_options={"schedule.depth": 2}), "results": {"tree": [{"seed": 0}]}}
+    with pytest.raises(ValueError, match=r"differ in \['cfg_options'\].*FILE=NAME"):
+        merge_results([a, variant])
+    results, _, args = merge_results([a, variant], [None, "tree_depth2"])
+    assert sorted(results) == ["grpo", "tree", "tree_depth2"] and results["tree_depth2"] == [{"seed": 0}]
+    assert args["cfg_options_by_config"]["tree_depth2"] == {"schedule.depth": 2}
+    with pytest.raises(ValueError, match="a label names the one config of a file"):
+        merge_results([a, a], [None, "both"])

@@ -6,6 +6,8 @@
     python tools/benchmark.py --seeds 2 --first-seed 2 --out work_dirs/bench_b   # seeds 2, 3 elsewhere
     python tools/benchmark.py --from-results work_dirs/bench/results.json work_dirs/bench_b/results.json \
         --out work_dirs/bench_all                                # merge: one summary over all seeds
+    python tools/benchmark.py --from-results base/results.json k4/results.json=tree_k4 --out table
+                                                                 # variants run with --cfg-options
 
 Every run of every config gets the same budget: model forwards (``nfe``: sampling + update,
 the default), training wall seconds (``wall``) or iterations (``iters``). Same seed = same prompt
@@ -52,8 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="applied to every config, e.g. prompts_per_iter=8")
     parser.add_argument("--save-final", action="store_true", help="keep each run's final weights "
                         "(runs/<config>_seed<n>/checkpoints/), e.g. for tools/diversity.py --checkpoint")
-    parser.add_argument("--from-results", nargs="+", help="redo summary and plots from results.json files, "
-                        "no training; several files (same settings, different seeds) are merged")
+    parser.add_argument("--from-results", nargs="+", metavar="FILE[=LABEL]",
+                        help="redo summary and plots from results.json files, no training; several files "
+                        "(same budget and evaluation) are merged; FILE=LABEL names the one config of a file "
+                        "(a variant run with --cfg-options)")
     return parser.parse_args(argv)
 
 
@@ -91,22 +95,34 @@ def benchmark_config(path: str, seed: int, args, run_dir: Path) -> dict:
     return curve
 
 
-def merge_results(saved: list[dict]) -> tuple[dict[str, list[dict]], float, dict]:
-    """Merge results.json contents of runs with the same budget and evaluation (e.g. seeds run
-    on two machines): per config, the seeds of every file in order. Returns (results, summed wall
-    seconds, the merged args with ``seeds`` = seeds per config). Differing settings: ValueError."""
-    keys = ("budget", "budget_mode", "eval_interval", "eval_prompts", "cfg_options")
+def merge_results(saved: list[dict], labels: list[str | None] | None = None) -> tuple[dict[str, list[dict]], float, dict]:
+    """Merge results.json contents of runs with the same budget and evaluation (seeds run on two
+    machines, or variants run apart): per config, the seeds of every file in order. ``labels[i]``
+    renames the one config of file i (a variant given as ``--cfg-options``), and its options are
+    kept per label; otherwise the files must share their ``cfg_options``. Returns (results, summed
+    wall seconds, the merged args with ``seeds`` = the most seeds of a config). ValueError when
+    the settings differ."""
+    labels = labels or [None] * len(saved)
+    keys = ("budget", "budget_mode", "eval_interval", "eval_prompts")
     first = saved[0]["args"]
-    for other in saved[1:]:
-        differing = [k for k in keys if other["args"].get(k) != first.get(k)]
+    unlabelled = [content["args"].get("cfg_options") for content, label in zip(saved, labels) if label is None]
+    for content, label in zip(saved, labels):
+        differing = [k for k in keys if content["args"].get(k) != first.get(k)]
+        if label is None and content["args"].get("cfg_options") != unlabelled[0]:
+            differing.append("cfg_options")
         if differing:
-            raise ValueError(f"results to merge differ in {differing}: merge only runs of the same settings")
+            raise ValueError(f"results to merge differ in {differing}: merge only runs of the same settings "
+                             "(label a variant's file as FILE=NAME)")
     results: dict[str, list[dict]] = {}
-    for content in saved:
+    options: dict[str, dict] = {}
+    for content, label in zip(saved, labels):
+        if label is not None and len(content["results"]) != 1:
+            raise ValueError(f"a label names the one config of a file; this file has {sorted(content['results'])}")
         for name, seeds in content["results"].items():
-            results.setdefault(name, []).extend(seeds)
+            results.setdefault(label or name, []).extend(seeds)
+            options[label or name] = content["args"].get("cfg_options", {})
     counts = {len(seeds) for seeds in results.values()}
-    args = dict(first, seeds=max(counts))
+    args = dict(first, seeds=max(counts), cfg_options_by_config=options)
     return results, sum(content.get("wall_seconds", 0.0) for content in saved), args
 
 
@@ -146,7 +162,9 @@ def main(argv=None) -> Path:
     start = time.time()
     results: dict[str, list[dict]] = {}
     if args.from_results:
-        results, wall, saved_args = merge_results([json.loads(Path(f).read_text()) for f in args.from_results])
+        files = [item.split("=", 1) if "=" in item else [item, None] for item in args.from_results]
+        results, wall, saved_args = merge_results([json.loads(Path(f).read_text()) for f, _ in files],
+                                                  [label for _, label in files])
         for key in ("seeds", "budget", "budget_mode", "eval_interval", "eval_prompts"):
             setattr(args, key, saved_args[key])
         names = list(results)
