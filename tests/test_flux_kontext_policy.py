@@ -232,3 +232,15 @@ def test_one_training_iteration_and_stock_pipeline_lora(tiny_kontext, edit_folde
         trained = runner.policy.model_output(x, torch.tensor([0.6]), cond)
     assert not torch.allclose(base, trained)  # training changed the output
     torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_tool_passes_the_records_to_an_edit_model(tiny_kontext, edit_folder, tmp_path):
+    """tools/eval.py passes each jsonl row's record (its input image) to a policy that reads
+    records; without them the edit policy refuses to encode the prompts."""
+    from tools.eval import main as eval_main
+
+    config = write_config(tmp_path, "tree", edit_folder)
+    info = eval_main([str(config), "--prompts", str(edit_folder / "prompts.jsonl"), "--rewards", "reward",
+                      "--num-steps", "2", "--out", str(tmp_path / "eval"), *options(tiny_kontext)])
+    assert [row["prompt"] for row in info["per_prompt"]] == ["make it red", "add a hat"]
+    assert (tmp_path / "eval" / "grid.png").is_file()

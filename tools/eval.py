@@ -10,7 +10,8 @@ so an image and its scores do not depend on ``--batch-size`` or on the other pro
 Reward names (comma separated) are looked up in this order: an entry of the config's optional
 ``eval_rewards`` dict (name -> reward config, e.g. ``hps=dict(type='HPSv2', checkpoint=...)``),
 ``reward`` = the config's training reward, or a registered REWARDS type built with default args.
-A .jsonl prompt file's other fields reach the rewards that accept ``metadata``.
+A .jsonl prompt file's other fields reach the rewards that accept ``metadata``, and the policies
+that read records (an edit model's ``image``, relative to ``policy.image_root``).
 Writes ``<out>/metrics.md`` (table: reward, mean, std, n), ``metrics.csv``, ``metrics.json``
 (settings and per-prompt scores) and ``grid.png``, and prints the table.
 """
@@ -207,8 +208,9 @@ def main(argv=None) -> dict:
     # prompt i starts from noise seeded with (seed, i): its image does not depend on --batch-size,
     # which only sets how many prompts share a forward pass
     noise = per_prompt_noise(policy.latent_shape, args.seed, len(prompts))
+    records = metadata if getattr(policy, "reads_records", False) else None  # e.g. an edit model's input image
     images = generate(policy, kernel, prompts, num_steps, guidance, args.seed, chunk_size=args.batch_size,
-                      noise=noise, image_device="cpu")
+                      noise=noise, image_device="cpu", records=records)
     device = next(policy.denoiser.parameters()).device
     scores = {name: score(reward, name, images, prompts, args.batch_size, device, metadata)
               for name, reward in rewards.items()}
