@@ -189,8 +189,8 @@ def main(argv=None) -> Path:
         f"# Benchmark\n\nMachine: {platform.machine()}, {platform.processor() or 'cpu'}; "
         f"{args.seeds} seed(s); budget per run: {args.budget:g} ({args.budget_mode}); evaluation every "
         f"{args.eval_interval} iterations on {args.eval_prompts} fixed prompts with fixed noise; "
-        f"total wall time {wall:.0f} s. Same seed = same prompts per iteration, reward, "
-        f"optimizer and learning rate in every config.\n\n"
+        f"total wall time {wall:.0f} s. Same seed = same prompts per iteration, reward and "
+        f"evaluation in every config; optimizer settings are each config's own.\n\n"
         + markdown_table(rows, target)
         + "\nMean per run: iterations and wall seconds spent in sampling / reward / update.\n\n"
         "| config | iterations | sample s | reward s | update s |\n|---|---|---|---|---|\n" + split + "\n"
