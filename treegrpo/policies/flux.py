@@ -60,6 +60,20 @@ def dynamic_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: i
     return image_seq_len * slope + intercept  # this order of operations gives FluxPipeline's float
 
 
+def shifted_flow_sigmas(scheduler, num_steps: int, image_seq_len: int) -> torch.Tensor:
+    """[T+1] sigmas as FluxPipeline and QwenImagePipeline set them: ``linspace(1, 1/T, T)`` (unless
+    the scheduler makes its own flow sigmas) shifted with :func:`dynamic_shift_mu` of the packed
+    sequence length (or the scheduler's static shift), then a final 0. ``scheduler`` is copied."""
+    scheduler = copy.deepcopy(scheduler)
+    config = scheduler.config
+    sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
+    mu = dynamic_shift_mu(image_seq_len, config.get("base_image_seq_len", 256),
+                          config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                          config.get("max_shift", 1.15))
+    scheduler.set_timesteps(num_steps, sigmas=sigmas, mu=mu)
+    return scheduler.sigmas.float()
+
+
 @POLICIES.register_module()
 class FluxPolicy(DiffusersPolicy):
     """FLUX.1-dev / FLUX.1-schnell text-to-image policy.
@@ -146,16 +160,17 @@ class FluxPolicy(DiffusersPolicy):
         return {"prompt_embeds": embeds, "pooled": pooled}
 
     def noise_levels(self, num_steps: int) -> torch.Tensor:
-        """[T+1] sigmas of FluxPipeline at this resolution: ``linspace(1, 1/T, T)`` shifted with
-        ``mu`` of the packed sequence length (or the scheduler's static shift), then a final 0."""
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        config = scheduler.config
-        sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
-        mu = dynamic_shift_mu(self.image_seq_len, config.get("base_image_seq_len", 256),
-                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                              config.get("max_shift", 1.15))
-        scheduler.set_timesteps(num_steps, sigmas=sigmas, mu=mu)
-        return scheduler.sigmas.float()
+        """[T+1] sigmas of FluxPipeline at this resolution (:func:`shifted_flow_sigmas`)."""
+        return shifted_flow_sigmas(self.pipe.scheduler, num_steps, self.image_seq_len)
+
+    def timestep_and_guidance(self, level, batch: int, device, dtype):
+        """The transformer's timestep [B] (FluxPipeline passes sigma * num_train_timesteps cast to
+        the latents' dtype, / 1000) and guidance [B] float32 (None without a guidance embedding)."""
+        timestep = (level.to(device).float() * self.pipe.scheduler.config.num_train_timesteps).to(dtype) / 1000
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full((batch,), self.guidance, dtype=torch.float32, device=device)
+        return timestep, guidance
 
     def model_output(self, latents, level, cond, model=None):
         """latents [B, C, H, W], level [B] (sigmas) -> velocity [B, C, H, W] (model dtype)."""
@@ -163,11 +178,7 @@ class FluxPolicy(DiffusersPolicy):
         dtype = self.denoiser.dtype
         batch, _, height, width = latents.shape
         device = latents.device
-        # FluxPipeline passes (sigma * num_train_timesteps) cast to the latents' dtype, / 1000.
-        timestep = (level.to(device).float() * self.pipe.scheduler.config.num_train_timesteps).to(dtype) / 1000
-        guidance = None
-        if self.guidance is not None:
-            guidance = torch.full((batch,), self.guidance, dtype=torch.float32, device=device)
+        timestep, guidance = self.timestep_and_guidance(level, batch, device, dtype)
         embeds = cond["prompt_embeds"].to(dtype)
         packed = net(
             hidden_states=pack_latents(latents.to(dtype)), timestep=timestep, guidance=guidance,

@@ -132,10 +132,7 @@ class FluxKontextPolicy(FluxPolicy):
         dtype = self.denoiser.dtype
         batch, _, height, width = latents.shape
         device = latents.device
-        timestep = (level.to(device).float() * self.pipe.scheduler.config.num_train_timesteps).to(dtype) / 1000
-        guidance = None
-        if self.guidance is not None:
-            guidance = torch.full((batch,), self.guidance, dtype=torch.float32, device=device)
+        timestep, guidance = self.timestep_and_guidance(level, batch, device, dtype)
         target = pack_latents(latents.to(dtype))
         tokens = torch.cat([target, cond["image_tokens"].to(device, dtype)], dim=1)
         ids = torch.cat([image_position_ids(height, width), self.condition_ids]).to(device=device, dtype=dtype)

@@ -15,15 +15,12 @@ VAE are frozen; the transformer is the trained denoiser (LoRA adapters through p
 """
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import torch
 
 from ..embedding_cache import DEFAULT_CACHE_SIZE
 from ..registry import POLICIES
 from .diffusers_common import DiffusersPolicy, freeze, load_pipeline, make_trainable
-from .flux import dynamic_shift_mu, pack_latents, unpack_latents
+from .flux import pack_latents, shifted_flow_sigmas, unpack_latents
 
 # Attention projections of both streams and both streams' MLPs in every QwenImageTransformerBlock.
 QWEN_IMAGE_LORA_TARGETS = (
@@ -142,15 +139,9 @@ class QwenImagePolicy(DiffusersPolicy):
         return {"prompt_embeds": embeds, "prompt_mask": mask}
 
     def noise_levels(self, num_steps: int) -> torch.Tensor:
-        """[T+1] sigmas of QwenImagePipeline at this resolution: ``linspace(1, 1/T, T)`` through the
-        scheduler's shift with ``mu`` of the packed sequence length, then a final 0."""
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        config = scheduler.config
-        mu = dynamic_shift_mu(self.image_seq_len, config.get("base_image_seq_len", 256),
-                              config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                              config.get("max_shift", 1.15))
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.float()
+        """[T+1] sigmas of QwenImagePipeline at this resolution (:func:`shifted_flow_sigmas`, the
+        same rule as FLUX's)."""
+        return shifted_flow_sigmas(self.pipe.scheduler, num_steps, self.image_seq_len)
 
     def _packed_output(self, latents, level, cond, model=None) -> torch.Tensor:
         """latents [B, C, H, W], level [B] -> packed velocity [B, (H/2)(W/2), 4C] (model dtype)."""
