@@ -202,8 +202,8 @@ def export_full_model(model, directory: Path, component: str, state: dict | None
 class DiffusersPolicy(Policy):
     """Shared behaviour of the diffusers policies: device, cached prompt encoding, CFG null prompt.
 
-    Subclasses set ``self.pipe``, ``self.vae``, ``self.negative_prompt``,
-    ``self.cache_prompt_embeds``, the class attribute ``component`` (the pipeline's name of the
+    Subclasses set ``self.pipe``, ``self.vae``, the prompt settings (:meth:`set_prompt_settings`),
+    the class attribute ``component`` (the pipeline's name of the
     denoiser: 'transformer' or 'unet') and implement ``_encode(prompts) -> dict of [P, ...] tensors``.
     """
 
@@ -212,6 +212,16 @@ class DiffusersPolicy(Policy):
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
+
+    def set_prompt_settings(self, model_path: str, negative_prompt: str, cache_prompt_embeds: bool,
+                            embedding_cache_size: int, embedding_dir: str | None) -> None:
+        """Store what the shared prompt methods read: the CFG null prompt, the embedding cache's
+        switch, size and precomputed folder, and the model path (checked against a precomputed
+        embeddings index)."""
+        self.negative_prompt = negative_prompt
+        self.cache_prompt_embeds = cache_prompt_embeds
+        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
+        self.model_path = model_path
 
     @abc.abstractmethod
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -124,11 +124,9 @@ class QwenImagePolicy(DiffusersPolicy):
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels // 4, side, side)
         self.image_seq_len = (side // 2) ** 2
-        self.negative_prompt = negative_prompt
+        self.set_prompt_settings(model_path, negative_prompt, cache_prompt_embeds, embedding_cache_size,
+                                 embedding_dir)
         self.max_sequence_length = max_sequence_length
-        self.cache_prompt_embeds = cache_prompt_embeds
-        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
-        self.model_path = model_path  # checked against precomputed embeddings' index
         self.to(device)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -55,10 +55,8 @@ class StableDiffusionPolicy(DiffusersPolicy):
                        compile_denoiser=compile_denoiser)
         side = resolution // pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, side, side)
-        self.negative_prompt = negative_prompt
-        self.cache_prompt_embeds = cache_prompt_embeds
-        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
-        self.model_path = model_path  # checked against precomputed embeddings' index
+        self.set_prompt_settings(model_path, negative_prompt, cache_prompt_embeds, embedding_cache_size,
+                                 embedding_dir)
         self.to(device)
 
     def check_kernel(self, kernel) -> None:

@@ -100,11 +100,9 @@ class WanPolicy(DiffusersPolicy):
         self.num_frames, self.patch_size = num_frames, tuple(patch)
         self.shift = flow_shift_of(pipe.scheduler.config) if shift is None else float(shift)
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        self.negative_prompt = negative_prompt
+        self.set_prompt_settings(model_path, negative_prompt, cache_prompt_embeds, embedding_cache_size,
+                                 embedding_dir)
         self.max_sequence_length = max_sequence_length
-        self.cache_prompt_embeds = cache_prompt_embeds
-        self.embedding_cache_size, self.embedding_dir = embedding_cache_size, embedding_dir
-        self.model_path = model_path
         self.to(device)
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
