@@ -164,6 +164,16 @@ def test_unknown_hook_and_nested_arguments():
     assert "hooks[1].extra_rewards.jpeg.qualty is not an argument of JPEGCompressibility" in message
 
 
+def test_ocr_engine_and_detector_arguments_are_checked():
+    ocr = dict(_delete_=True, type="OCRReward", engine=dict(type="FixedTextEngine", text=["a"]))
+    message = problems_of(toy(reward=ocr))
+    assert "reward.engine.text is not an argument of FixedTextEngine (did you mean texts?)" in message
+    assert "reward.engine.texts is required by FixedTextEngine" in message
+    structured = dict(_delete_=True, type="StructuredReward", detector=dict(type="HTTPDetector", uri="http://x"))
+    message = problems_of(toy(reward=structured))
+    assert "reward.detector.uri is not an argument of HTTPDetector (did you mean url?)" in message
+
+
 def test_kwargs_components_accept_anything():
     from treegrpo.config_check import accepted_arguments
 

@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config
 from safetensors.torch import load_file
 
-from treegrpo.runner import collective_timeout
+from treegrpo.distributed import collective_timeout
 
 ROOT = Path(__file__).resolve().parents[1]
 

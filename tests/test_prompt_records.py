@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_config
 from test_http_reward import serving  # the module pytest loaded
 from tools.eval import score as eval_score
 from tools.reward_server import BadRequest, OverLimit, parse_request
@@ -151,31 +152,19 @@ class RecordingMetadataReward:
         return torch.tensor([float(m["value"]) for m in metadata])
 
 
-RECORDS_CONFIG = """
-seed = 3
-policy = dict(type='TinyTestPolicy')
-kernel = dict(type='FlowMatchingKernel', eta=0.8)
-schedule = dict(type='RandomWindow', depth=2, k=2)
-sampler = dict(type='{sampler}', num_steps=4{sampler_args})
-advantage = dict(type='{advantage}')
-reward = dict(type='RecordingMetadataReward')
-loss = dict(type='GRPOClipLoss', clip_range=0.2, beta=0.0)
+# The shared tiny run (tests/conftest.py) with records as prompts and 3 prompts per iteration.
+RECORDS_EXTRA = """
 train_dataset = dict(type='PromptList', prompts=[dict(prompt='p0', value=0), dict(prompt='p1', value=1),
                      dict(prompt='p2', value=2), dict(prompt='p3', value=3)])
-optimizer = dict(type='AdamW', lr=1e-2)
-update = dict(num_inner_epochs=1, num_minibatches=1, micro_batch_size=8)
-max_iters = 2
 prompts_per_iter = 3
-hooks = [dict(type='LoggerHook', interval=1)]
 """
 
 
 @pytest.mark.parametrize("sampler,advantage", [("TreeSampler", "TreeBackup"), ("FlatSampler", "GroupNorm")])
 def test_each_leaf_gets_the_record_of_its_own_prompt(tmp_path, sampler, advantage):
-    sampler_args = ", group_size=4" if sampler == "FlatSampler" else ""
-    config = tmp_path / "records.py"
-    config.write_text(RECORDS_CONFIG.format(sampler=sampler, sampler_args=sampler_args, advantage=advantage))
-    runner = train_main([str(config), "--work-dir", str(tmp_path / "run")])
+    config = write_config(tmp_path, "records.py", sampler=sampler, advantage=advantage,
+                          reward="RecordingMetadataReward", extra=RECORDS_EXTRA)
+    runner = train_main([config, "--work-dir", str(tmp_path / "run")])
     calls = runner.reward.calls
     assert len(calls) == 2
     for prompts, metadata in calls:

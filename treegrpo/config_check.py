@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS, SAMPLERS,
-                       SCHEDULES, resolve_type)
+from .registry import (ADVANTAGES, DATASETS, DETECTORS, HOOKS, KERNELS, LOSSES, OCR_ENGINES, POLICIES,
+                       REWARDS, SAMPLERS, SCHEDULES, resolve_type)
 
 # Component keys: config key -> the registry its ``type`` is looked up in.
 COMPONENT_KEYS = {
@@ -139,14 +139,14 @@ def check_component(component: Any, key: str, registry, origin=None) -> list[str
 
 def check_nested(value: Any, key: str, origin=None) -> list[str]:
     """Check dicts with a ``type`` inside a component's arguments (WeightedSum parts, a hook's
-    dataset): each against the registry that has its type."""
+    dataset, an OCR engine, a detector): each against the registry that has its type."""
     if isinstance(value, (list, tuple)):
         return [p for i, item in enumerate(value) for p in check_nested(item, f"{key}[{i}]", origin)]
     if not hasattr(value, "keys"):
         return []
     if "type" not in value:  # a mapping of named components (EvalHook's extra_rewards)
         return [p for name, item in value.items() for p in check_nested(item, f"{key}.{name}", origin)]
-    for registry in COMPONENT_KEYS.values():
+    for registry in (*COMPONENT_KEYS.values(), OCR_ENGINES, DETECTORS):
         if registered_class(registry, value["type"]) is not None:
             return check_component(value, key, registry, origin)
     return []

@@ -1,4 +1,5 @@
-"""FSDP for the trained denoiser: the ``fsdp`` config key -> accelerate's FSDP plugin (FSDP2).
+"""Distributed settings: FSDP for the trained denoiser (the ``fsdp`` config key -> accelerate's FSDP
+plugin, FSDP2) and the collective timeout (``dist_timeout_s``).
 
 ``fsdp = None`` (the default) trains with DDP. ``fsdp = dict(...)`` shards the denoiser only (the
 frozen text encoders and VAE are never prepared) with ``torch.distributed.fsdp.fully_shard``
@@ -22,11 +23,13 @@ turns that into an error.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from mmengine.config import Config
 
 # Blocks sharded as one FSDP unit each, per policy type (diffusers class names).
 WRAP_CLASSES = {
@@ -138,3 +141,21 @@ def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+# Seconds a process waits in a collective (gather, barrier, gradient all-reduce) for the others
+# before the job fails, instead of torch's 30 minutes. Processes do the same work between two
+# collectives (same prompts per rank, same tree), so a wait this long means a hung or dead rank. The
+# longest legitimate wait is the other ranks idling while rank 0 writes a checkpoint: seconds for a
+# LoRA, about a minute for a full SD3.5-medium fine-tune (10 GB weights + 20 GB AdamW state) on a
+# local disk. Raise ``dist_timeout_s`` for slow network disks or when one node downloads the model.
+DEFAULT_DIST_TIMEOUT_S = 600
+
+
+def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
+    """The process-group settings from the config key ``dist_timeout_s`` (positive seconds)."""
+    seconds = cfg.get("dist_timeout_s", DEFAULT_DIST_TIMEOUT_S)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {seconds!r} "
+                         f"(default {DEFAULT_DIST_TIMEOUT_S}; e.g. --cfg-options dist_timeout_s=1800)")
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))

@@ -18,6 +18,9 @@ ADVANTAGES = Registry("advantage", scope="treegrpo", locations=["treegrpo.advant
 LOSSES = Registry("loss", scope="treegrpo", locations=["treegrpo.losses"])
 HOOKS = Registry("hook", scope="treegrpo", locations=["treegrpo.hooks"])
 DATASETS = Registry("dataset", scope="treegrpo", locations=["treegrpo.datasets"])
+# Parts of rewards: OCRReward's text readers and StructuredReward's object detectors.
+OCR_ENGINES = Registry("ocr_engine", scope="treegrpo", locations=["treegrpo.rewards"])
+DETECTORS = Registry("detector", scope="treegrpo", locations=["treegrpo.rewards"])
 
 
 PLUGIN_HINT = ("register a plugin with @<REGISTRY>.register_module() (REGISTRY from treegrpo.registry) in "

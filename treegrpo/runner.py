@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+from accelerate.utils import broadcast_object_list
 from mmengine.config import Config
 from tqdm import tqdm
 
@@ -20,8 +19,8 @@ from .advantages.distributed import RankGroup
 from .checkpoint import clean_partial_checkpoints, resume_unsharded, save_unsharded
 from .config_check import validate_config
 from .datasets import dataset_record
-from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, fsdp_settings,
-                          make_accelerator)
+from .distributed import (check_fsdp_active, check_fsdp_hooks, check_wrap_classes, collective_timeout,
+                          fsdp_settings, make_accelerator)
 from .hooks.logger import MetricWriter
 from .registry import (ADVANTAGES, DATASETS, HOOKS, KERNELS, LOSSES, POLICIES, REWARDS,
                        SAMPLERS, SCHEDULES, build)
@@ -31,7 +30,8 @@ from .run_files import create_run_dir
 from .samplers.common import PromptNoise
 from .schedules.adaptive import tree_variances
 from .sharded_checkpoint import is_sharded_checkpoint, resume_runner_checkpoint, save_runner_checkpoint
-from .update import ReferenceCache, edge_log_probs, plan_micro_batches, select_parents, update_settings
+from .update import (ReferenceCache, build_optimizer, edge_log_probs, plan_micro_batches, select_parents,
+                     update_settings)
 from .utils import PURPOSES, make_generator, timer
 
 REQUIRED_KEYS = ("policy", "kernel", "schedule", "sampler", "reward", "advantage", "loss",
@@ -46,34 +46,6 @@ def require_keys(cfg: Config, keys=REQUIRED_KEYS) -> None:
             f"config is missing required key(s) {missing}; see configs/_base_/default_runtime.py "
             "and configs/treegrpo_toy_shapes.py for a complete example"
         )
-
-
-def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    """``dict(type='AdamW', lr=...)`` -> a ``torch.optim`` optimizer over ``params``."""
-    cfg = dict(cfg)
-    name = cfg.pop("type", "AdamW")
-    optimizer_cls = getattr(torch.optim, name, None)
-    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
-        raise KeyError(f"optimizer type {name!r} is not a torch.optim optimizer (e.g. 'AdamW', 'SGD')")
-    return optimizer_cls(params, **cfg)
-
-
-# Seconds a process waits in a collective (gather, barrier, gradient all-reduce) for the others
-# before the job fails, instead of torch's 30 minutes. Processes do the same work between two
-# collectives (same prompts per rank, same tree), so a wait this long means a hung or dead rank. The
-# longest legitimate wait is the other ranks idling while rank 0 writes a checkpoint: seconds for a
-# LoRA, about a minute for a full SD3.5-medium fine-tune (10 GB weights + 20 GB AdamW state) on a
-# local disk. Raise ``dist_timeout_s`` for slow network disks or when one node downloads the model.
-DEFAULT_DIST_TIMEOUT_S = 600
-
-
-def collective_timeout(cfg: Config) -> InitProcessGroupKwargs:
-    """The process-group settings from the config key ``dist_timeout_s`` (positive seconds)."""
-    seconds = cfg.get("dist_timeout_s", DEFAULT_DIST_TIMEOUT_S)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {seconds!r} "
-                         f"(default {DEFAULT_DIST_TIMEOUT_S}; e.g. --cfg-options dist_timeout_s=1800)")
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
 
 
 class Runner(RewardScoring):

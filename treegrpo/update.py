@@ -195,3 +195,13 @@ def plan_micro_batches(
         return [[chunk for step in steps[i : i + size] for chunk in step] for i in range(0, len(steps), size)]
     shuffled = parents[torch.randperm(parents.numel(), generator=generator).to(parents.device)]
     return [list(part.split(micro_batch_size)) for part in shuffled.chunk(num_minibatches)]
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    """``dict(type='AdamW', lr=...)`` -> a ``torch.optim`` optimizer over ``params``."""
+    cfg = dict(cfg)
+    name = cfg.pop("type", "AdamW")
+    optimizer_cls = getattr(torch.optim, name, None)
+    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
+        raise KeyError(f"optimizer type {name!r} is not a torch.optim optimizer (e.g. 'AdamW', 'SGD')")
+    return optimizer_cls(params, **cfg)

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmengine.registry import Registry
 from PIL import Image
 
-from treegrpo.registry import REWARDS, build
+from treegrpo.registry import OCR_ENGINES, REWARDS, build
 from treegrpo.rewards.base import Reward, check_images, check_metadata
 from treegrpo.rewards.image_stats import to_uint8
 
-OCR_ENGINES = Registry("ocr_engine", scope="treegrpo")
 MAX_TEXT_CHARS = 2000  # target and read text are cut here (edit distance is quadratic)
 SHOWN_CHARS = 60
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

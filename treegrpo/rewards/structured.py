@@ -27,12 +27,10 @@ import math
 from typing import Any
 
 import torch
-from mmengine.registry import Registry
 
-from treegrpo.registry import REWARDS, build
+from treegrpo.registry import DETECTORS, REWARDS, build
 from treegrpo.rewards.base import Reward, check_images, check_metadata
 
-DETECTORS = Registry("detector", scope="treegrpo")
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
 MODES = ("fraction", "strict")
