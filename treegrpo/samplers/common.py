@@ -64,6 +64,30 @@ def ode_integrate(
     return x
 
 
+def check_suffix_steps(suffix_steps: object) -> int | None:
+    """``suffix_steps`` of a sampler: None or an int >= 1 (ValueError naming the fix otherwise)."""
+    if suffix_steps is not None and (isinstance(suffix_steps, bool) or not isinstance(suffix_steps, int)
+                                     or suffix_steps < 1):
+        raise ValueError(f"suffix_steps must be None (every schedule step after the window) or an int >= 1, "
+                         f"got {suffix_steps!r}")
+    return suffix_steps
+
+
+def suffix_levels(levels: torch.Tensor, stop: int, suffix_steps: int | None) -> torch.Tensor:
+    """Levels [S + 1] of the ODE suffix from ``levels[stop]`` to the last level.
+
+    levels: [T + 1] of the schedule. ``suffix_steps=None`` (or >= T - stop): all ``T - stop`` schedule
+    steps, ``levels[stop:]``. Otherwise ``S = suffix_steps`` steps over schedule indices spread evenly
+    from ``stop`` to ``T`` (rounded; distinct since their spacing is > 1): each leaf costs S forwards
+    instead of ``T - stop``, and the reward scores that coarser ODE solution.
+    """
+    num_steps = levels.shape[0] - 1
+    if suffix_steps is None or suffix_steps >= num_steps - stop:
+        return levels[stop:]
+    index = torch.linspace(stop, num_steps, suffix_steps + 1).round().long()
+    return levels[index.to(levels.device)]
+
+
 def decode(policy, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Decode latents [L, ...] to images [L, 3, H, W] (video: [L, F, 3, H, W]) in [0, 1], ``chunk_size`` rows at a time."""
     if not chunk_size or latents.shape[0] <= chunk_size:

@@ -5,7 +5,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import PromptNoise, as_noise, decode, ode_integrate
+from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_integrate, suffix_levels
 from .tree import _check
 
 
@@ -14,7 +14,8 @@ class FlatSampler:
     """Sample ``group_size`` independent trajectories per prompt.
 
     Steps of the plan's window are SDE steps (each one edge of a chain); the others are ODE steps.
-    ``plan.k`` is ignored. Every trajectory runs every step: NFE = P * G * T (x2 with CFG).
+    ``plan.k`` is ignored. Every trajectory runs every step: NFE = P * G * T (x2 with CFG; with
+    ``suffix_steps``, P * G * (stop + min(T - stop, suffix_steps))).
 
     Args:
         num_steps: T.
@@ -22,6 +23,8 @@ class FlatSampler:
         guidance_scale: CFG scale (1 = off).
         shared_noise: start all G trajectories of a prompt from the same initial noise.
         chunk_size: optional cap on rows per forward outside the window and in decoding.
+        suffix_steps: ODE steps after the window (None: the schedule's own), as in
+            :class:`~treegrpo.samplers.TreeSampler`.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class FlatSampler:
         guidance_scale: float = 1.0,
         shared_noise: bool = False,
         chunk_size: int | None = None,
+        suffix_steps: int | None = None,
     ):
         _check(num_steps, guidance_scale)
         if not isinstance(group_size, int) or group_size < 2:
@@ -40,6 +44,7 @@ class FlatSampler:
         self.guidance_scale = float(guidance_scale)
         self.shared_noise = shared_noise
         self.chunk_size = chunk_size
+        self.suffix_steps = check_suffix_steps(suffix_steps)
 
     @torch.no_grad()
     def sample(self, policy, kernel, prompts: list[str], plan,
@@ -81,8 +86,8 @@ class FlatSampler:
             parents.append(torch.arange(layer * rows, (layer + 1) * rows, device=device))
         steps.append(torch.full((rows,), window.stop, dtype=torch.long, device=device))
 
-        suffix = range(window.stop, self.num_steps)
-        final = ode_integrate(policy, kernel, x, row_cond, levels, suffix, gs, self.chunk_size)
+        suffix = suffix_levels(levels, window.stop, self.suffix_steps)
+        final = ode_integrate(policy, kernel, x, row_cond, suffix, range(suffix.shape[0] - 1), gs, self.chunk_size)
         images = decode(policy, final, self.chunk_size)
         num_layers = len(window) + 1
         return Rollout(

@@ -6,7 +6,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import PromptNoise, as_noise, decode, ode_integrate
+from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_integrate, suffix_levels
 
 
 def _check(num_steps: int, guidance_scale: float) -> None:
@@ -32,13 +32,18 @@ class TreeSampler:
         num_steps: T, the length of the sampling schedule.
         guidance_scale: classifier-free guidance scale (1 = off; >1 doubles every forward).
         chunk_size: optional cap on rows per forward in the ODE suffix and decoding (memory).
+        suffix_steps: ODE steps from the window's end to the image (None: the schedule's own
+            ``T - stop``); fewer makes each leaf cheaper, ``s`` above becomes ``min(s, suffix_steps)``
+            (:func:`suffix_levels`). Evaluation always samples the full schedule.
     """
 
-    def __init__(self, num_steps: int = 10, guidance_scale: float = 1.0, chunk_size: int | None = None):
+    def __init__(self, num_steps: int = 10, guidance_scale: float = 1.0, chunk_size: int | None = None,
+                 suffix_steps: int | None = None):
         _check(num_steps, guidance_scale)
         self.num_steps = num_steps
         self.guidance_scale = float(guidance_scale)
         self.chunk_size = chunk_size
+        self.suffix_steps = check_suffix_steps(suffix_steps)
 
     @torch.no_grad()
     def sample(self, policy, kernel, prompts: list[str], plan,
@@ -85,9 +90,9 @@ class TreeSampler:
             frontier = children
         steps.append(torch.full((frontier.numel(),), plan_steps.stop, dtype=torch.long, device=device))
 
-        suffix = range(plan_steps.stop, self.num_steps)
+        suffix = suffix_levels(levels, plan_steps.stop, self.suffix_steps)
         leaf_cond = index_cond(cond, frontier_prompt)
-        final = ode_integrate(policy, kernel, x, leaf_cond, levels, suffix, gs, self.chunk_size)
+        final = ode_integrate(policy, kernel, x, leaf_cond, suffix, range(suffix.shape[0] - 1), gs, self.chunk_size)
         images = decode(policy, final, self.chunk_size)
         return Rollout(
             prompts=list(prompts),
