@@ -87,3 +87,18 @@ def test_bad_suffix_steps_is_refused(bad):
     for make in (lambda: TreeSampler(suffix_steps=bad), lambda: FlatSampler(group_size=2, suffix_steps=bad)):
         with pytest.raises(ValueError, match="suffix_steps must be None .* or an int >= 1"):
             make()
+
+
+def test_layout_suffix1_config_changes_only_the_finish():
+    from pathlib import Path
+
+    from treegrpo.inference import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = load_config(str(configs / "treegrpo_toy_layout.py"), {})
+    fast = load_config(str(configs / "treegrpo_toy_layout_suffix1.py"), {})
+    assert fast.sampler.suffix_steps == 1 and base.sampler.get("suffix_steps") is None
+    assert {k: v for k, v in fast.sampler.items() if k != "suffix_steps"} == dict(base.sampler)
+    for key in set(base.keys()) | set(fast.keys()):
+        if key not in ("sampler", "filename"):
+            assert fast.get(key) == base.get(key), key
