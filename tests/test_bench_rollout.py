@@ -15,7 +15,11 @@ def test_closed_forms_against_hand_counts():
     # 2 prompts, binary tree of depth 2 starting at step 1 of 4: prefix 1 + levels 1 + 2 + 4 leaves x 1 suffix
     assert tree_nfe(2, 2, 2, 1, 4) == (2 * (1 + 1 + 2 + 4 * 1), 2 * (1 + 2))
     assert tree_nfe(1, 3, 1, 0, 5) == (1 + 3 * 4, 1)
-    assert flat_nfe(2, 4, 2, 4) == (2 * 4 * 4, 2 * 4 * 2)
+    assert flat_nfe(2, 4, 2, 1, 4) == (2 * 4 * 4, 2 * 4 * 2)
+    # a one-step finish: 10 steps, window 2..4, 5 steps left -> 1
+    assert tree_nfe(2, 2, 3, 2, 10, suffix_steps=1) == (2 * (2 + 1 + 2 + 4 + 8 * 1), 2 * 7)
+    assert flat_nfe(2, 4, 3, 2, 10, suffix_steps=1) == (2 * 4 * (2 + 3 + 1), 2 * 4 * 3)
+    assert tree_nfe(1, 2, 1, 0, 4, suffix_steps=9) == tree_nfe(1, 2, 1, 0, 4)  # capped at the steps left
 
 
 def _check(results, nfe, edges, policy):
@@ -55,7 +59,7 @@ def test_flux_tiny_random_weights_samples_without_cfg(tmp_path):
                     "--out", str(tmp_path / "flux.json"), *SMALL])
     # FLUX.1-dev: guidance_scale 1, one forward per step (same counts as SD3 without CFG)
     nfe = {"tree": (16, 6), "flat": (32, 16)}
-    assert nfe == {"tree": tree_nfe(2, 2, 2, 1, 4), "flat": flat_nfe(2, 4, 2, 4)}
+    assert nfe == {"tree": tree_nfe(2, 2, 2, 1, 4), "flat": flat_nfe(2, 4, 2, 1, 4)}
     _check(results, nfe, {"tree": 12, "flat": 16}, "flux")
     assert results["config"]["guidance_scale"] == 1.0 and results["model"]["lora"]["r"] == 64  # flux_dev.py
     assert results["model"]["builder"] == "tools/make_tiny_models.py tiny_flux_pipeline"
@@ -79,6 +83,18 @@ def test_toy_with_cfg_and_kl_counts_every_forward(tmp_path):
                     "--out", str(tmp_path / "toy.json"), *SMALL])
     # CFG doubles every forward; the KL term adds a reference forward per parent in the update
     _check(results, {"tree": (32, 24), "flat": (64, 64)}, {"tree": 12, "flat": 16}, "toy")
+
+
+def test_toy_with_a_one_step_finish_counts_the_shorter_suffix(tmp_path):
+    small = [*SMALL[:-2], "--window-start", "0", "--suffix-steps", "1"]  # window 0..1 of 4: 2 steps left -> 1
+    results = main(["--policy", "toy", "--device", "cpu", "--out", str(tmp_path / "toy.json"), *small])
+    nfe = {"tree": tree_nfe(2, 2, 2, 0, 4, 1), "flat": flat_nfe(2, 4, 2, 0, 4, 1)}
+    assert nfe == {"tree": (2 * (1 + 2 + 4), 2 * 3), "flat": (2 * 4 * 3, 2 * 4 * 2)}
+    for mode, (sample, update) in nfe.items():
+        assert results["modes"][mode]["nfe_per_iter"] == {"sample": sample, "update": update, "total": sample + update}
+    assert results["config"]["suffix_steps"] == 1
+    with pytest.raises(ValueError, match="--suffix-steps must be >= 1"):
+        parse_args(["--policy", "toy", "--suffix-steps", "0"])
 
 
 def test_real_shapes_builders_match_the_published_sizes():

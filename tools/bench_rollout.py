@@ -84,16 +84,26 @@ def write_random_model(policy: str, shapes: str, dtype: str, device: str, folder
 
 
 # ----------------------------------------------------------------------------- closed forms
-def tree_nfe(prompts: int, k: int, depth: int, start: int, num_steps: int) -> tuple[int, int]:
-    """(sampling, update) forwards without CFG: ``P (p + sum_l k^(l-1) + k^d s)`` and one per parent."""
+def suffix_length(start: int, depth: int, num_steps: int, suffix_steps: int | None) -> int:
+    """ODE steps after the window: ``T - start - depth``, at most ``suffix_steps``."""
     suffix = num_steps - start - depth
+    return suffix if suffix_steps is None else min(suffix, suffix_steps)
+
+
+def tree_nfe(prompts: int, k: int, depth: int, start: int, num_steps: int,
+             suffix_steps: int | None = None) -> tuple[int, int]:
+    """(sampling, update) forwards without CFG: ``P (p + sum_l k^(l-1) + k^d s)`` and one per parent."""
+    suffix = suffix_length(start, depth, num_steps, suffix_steps)
     sample = prompts * (start + sum(k ** (level - 1) for level in range(1, depth + 1)) + k**depth * suffix)
     return sample, prompts * sum(k**level for level in range(depth))
 
 
-def flat_nfe(prompts: int, group: int, depth: int, num_steps: int) -> tuple[int, int]:
-    """(sampling, update) forwards without CFG: ``P G T`` and ``P G d`` (one per chain edge)."""
-    return prompts * group * num_steps, prompts * group * depth
+def flat_nfe(prompts: int, group: int, depth: int, start: int, num_steps: int,
+             suffix_steps: int | None = None) -> tuple[int, int]:
+    """(sampling, update) forwards without CFG: ``P G (p + d + s)`` (``P G T`` with the full suffix)
+    and ``P G d`` (one per chain edge)."""
+    steps = start + depth + suffix_length(start, depth, num_steps, suffix_steps)
+    return prompts * group * steps, prompts * group * depth
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -169,7 +179,8 @@ def make_config(args: argparse.Namespace, mode: str, model_path: Path | None) ->
     policy["device"] = args.device
     if args.kl_beta > 0 and policy.get("lora") is None:  # full fine-tuning: a frozen copy is the reference
         policy["keep_reference"] = True
-    sampler = dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale, chunk_size=args.chunk_size)
+    sampler = dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale, chunk_size=args.chunk_size,
+                   suffix_steps=args.suffix_steps)
     if mode == "tree":
         sampler["type"], advantage = "TreeSampler", dict(type="TreeBackup", weighting="prob")
     else:
@@ -218,9 +229,11 @@ def run_mode(args: argparse.Namespace, mode: str, model_path: Path | None, work_
     nfe["total"] = nfe["sample"] + nfe["update"]
     cfg = 2 if args.guidance_scale > 1 else 1
     if mode == "tree":
-        sample, update = tree_nfe(args.prompts_per_iter, args.k, args.depth, args.window_start, args.num_steps)
+        sample, update = tree_nfe(args.prompts_per_iter, args.k, args.depth, args.window_start, args.num_steps,
+                                  args.suffix_steps)
     else:
-        sample, update = flat_nfe(args.prompts_per_iter, args.k**args.depth, args.depth, args.num_steps)
+        sample, update = flat_nfe(args.prompts_per_iter, args.k**args.depth, args.depth, args.window_start,
+                                  args.num_steps, args.suffix_steps)
     return dict(
         info, memory_in_use_before_mib=in_use / mib, seconds=seconds,
         seconds_per_iter={p: [r["seconds"][p] for r in records] for p in PHASES},
@@ -249,6 +262,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--window-start", type=int, default=0)
+    parser.add_argument("--suffix-steps", type=int, help="ODE steps after the window (default: all left)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help=">1 runs CFG (doubles every forward); FLUX.1-dev samples with 1")
     parser.add_argument("--chunk-size", type=int, default=32,
@@ -270,6 +284,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.warmup < 0 or args.window_start < 0 or args.window_start + args.depth > args.num_steps:
         raise ValueError(f"need warmup >= 0 and 0 <= window-start <= num-steps - depth, got warmup={args.warmup}, "
                          f"window-start={args.window_start}, depth={args.depth}, num-steps={args.num_steps}")
+    if args.suffix_steps is not None and args.suffix_steps < 1:
+        raise ValueError(f"--suffix-steps must be >= 1 (or left out for all the steps left), got {args.suffix_steps}")
     if args.policy != "toy" and not (args.random_weights or args.model_path):
         raise ValueError(f"--policy {args.policy} needs --random-weights or --model-path")
     return args
@@ -302,8 +318,8 @@ def main(argv=None) -> dict:
         "model": {"policy": args.policy, **model,
                   "lora": load_config(ROOT / BASE_CONFIGS[args.policy]).policy.get("lora")},
         "config": {k: getattr(args, k) for k in ("iters", "warmup", "prompts_per_iter", "k", "depth", "num_steps",
-                                                 "window_start", "guidance_scale", "chunk_size", "micro_batch_size",
-                                                 "per_step_batches", "kl_beta")}
+                                                 "window_start", "suffix_steps", "guidance_scale", "chunk_size",
+                                                 "micro_batch_size", "per_step_batches", "kl_beta")}
         | {"images_per_prompt": args.k**args.depth, "mixed_precision": mixed_precision(args)},
         "modes": modes,
         "flat_over_tree": {"seconds_per_iter": flat / tree, "nfe_per_iter": (
