@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from treegrpo.benchmarking import first_crossing, markdown_table, mean_curve, seed_range, separation, speedup, summarize
+from treegrpo.benchmarking import (bands_apart_from, first_crossing, markdown_table, mean_curve, seed_range, separation,
+                                   speedup, summarize)
 
 
 def test_first_crossing_interpolates_linearly():
@@ -59,8 +60,11 @@ def test_summary_speedups_on_synthetic_curves():
     assert rows["tree"].speedup_nfe == pytest.approx(100_000 / 25_000)
     assert rows["tree"].edges_per_nfe == pytest.approx(0.25)
     table = markdown_table(list(rows.values()), target=0.6)
-    assert "| tree | 0.7000 +- 0.0000 | 50.0 | 25000 | 2.00 | 4.00 | 2.00 | 4.00 | above | 0.250 |" in table
-    assert "| grpo | 0.6000 +- 0.0000 | 100.0 | 100000 | 1.00 | 1.00 | - | - | baseline | 0.500 |" in table
+    # in forwards: tree 0.5 + 4e-6 n, grpo 0.5 + 1e-6 n, both without spread: apart from the first
+    # grid point after 0 of the range both cover (0..50,000 in 50 points): 50,000 / 49 = 1020.4
+    assert rows["tree"].bands_apart_nfe == pytest.approx(50_000 / 49)
+    assert "| tree | 0.7000 +- 0.0000 | 50.0 | 25000 | 2.00 | 4.00 | 2.00 | 4.00 | above | 1020 | 0.250 |" in table
+    assert "| grpo | 0.6000 +- 0.0000 | 100.0 | 100000 | 1.00 | 1.00 | - | - | baseline | - | 0.500 |" in table
 
 
 def test_per_seed_speedups_and_band_separation():
@@ -82,7 +86,25 @@ def test_per_seed_speedups_and_band_separation():
     assert separation(np.array([0.35]), np.array([0.3, 0.4])) == ""
     table = markdown_table(list(rows.values()), target=0.6)
     assert "| tree | 0.8000 +- 0.1000 |" in table and "| 2.00-4.00 | 2.00-4.00 | above |" in table
-    assert "| 2.00 (1/2 seeds) | 2.00 (1/2 seeds) | overlap |" in table
+    assert "| 2.00 (1/2 seeds) | 2.00 (1/2 seeds) | overlap | overlap |" in table
+
+
+def test_std_bands_apart_by_hand():
+    x = np.linspace(0.0, 1000.0, 11)
+    base = [(x, 0.49 + 1e-4 * x), (x, 0.51 + 1e-4 * x)]  # mean 0.5 + 1e-4 x, std 0.01
+    tree = [(x, 0.49 + 3e-4 * x), (x, 0.51 + 3e-4 * x)]  # mean 0.5 + 3e-4 x, std 0.01
+    # apart where 0.5 + 3e-4 x - 0.01 > 0.5 + 1e-4 x + 0.01, i.e. x > 100: first grid point 5 * 1000 / 49
+    assert bands_apart_from(tree, base) == pytest.approx(5 * 1000 / 49)
+    assert bands_apart_from(base, tree) == pytest.approx(5 * 1000 / 49)  # below, from the same point
+    assert bands_apart_from(base, base) is None
+    # apart from x = 100 on, then falling back: the means meet at x = 1000, so the bands overlap at the end
+    fall = 3e-4 * np.minimum(x, 500) - 1e-4 * np.maximum(x - 500, 0)
+    late = [(x, 0.49 + fall), (x, 0.51 + fall)]
+    assert bands_apart_from(late, base) is None
+    # only the range both cover counts: against a baseline that ends at x = 500 they are apart (grid
+    # 0..500 in 50 points: first point above 100 is 10 * 500 / 49)
+    short = [(x[:6], y[:6]) for x, y in base]
+    assert bands_apart_from(late, short) == pytest.approx(10 * 500 / 49)
 
 
 def test_summary_reports_unreached_target_and_unknown_baseline():

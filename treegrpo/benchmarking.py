@@ -38,6 +38,28 @@ def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], num: int = 50) -> tu
     return grid, values.mean(axis=0), values.std(axis=0)
 
 
+def bands_apart_from(curves: list[tuple[np.ndarray, np.ndarray]], base_curves: list[tuple[np.ndarray, np.ndarray]],
+                     num: int = 50) -> float | None:
+    """The first x from which the seed band (mean +- std over seeds, as the plots shade it) of
+    ``curves`` stays clear of the baseline's band, above or below, to the end of the range both
+    cover; None when the bands overlap at that end. Curves are read on a common ``num``-point grid
+    over that range (linear interpolation, as :func:`mean_curve`)."""
+    start = max(float(np.min(x)) for x, _ in [*curves, *base_curves])
+    end = min(max(float(np.max(x)) for x, _ in curves), max(float(np.max(x)) for x, _ in base_curves))
+    grid = np.linspace(start, end, num)
+
+    def band(group):
+        values = np.stack([np.interp(grid, np.asarray(x, float), np.asarray(y, float)) for x, y in group])
+        return values.mean(axis=0) - values.std(axis=0), values.mean(axis=0) + values.std(axis=0)
+
+    (low, high), (base_low, base_high) = band(curves), band(base_curves)
+    for apart in (low > base_high, high < base_low):
+        if apart[-1]:
+            together = np.nonzero(~apart)[0]
+            return float(grid[0] if together.size == 0 else grid[together[-1] + 1])
+    return None
+
+
 @dataclass
 class SummaryRow:
     name: str
@@ -52,6 +74,7 @@ class SummaryRow:
     seed_speedups_time: tuple[float | None, ...] = ()
     seed_speedups_nfe: tuple[float | None, ...] = ()
     separated: str = ""  # 'above' / 'below': every seed's final beats / trails every baseline seed's
+    bands_apart_nfe: float | None = None  # NFE from which the mean +- std bands stay apart (None: overlap)
     is_baseline: bool = False
 
 
@@ -111,6 +134,8 @@ def summarize(runs: dict[str, list[dict]], baseline: str) -> list[SummaryRow]:
             seed_speedups_nfe=tuple(speedup(costs[baseline]["nfe"], first_crossing(r["nfe"], r["reward"], target))
                                     for r in seeds),
             separated="" if name == baseline else separation(finals[name], finals[baseline]),
+            bands_apart_nfe=None if name == baseline else bands_apart_from(
+                [(r["nfe"], r["reward"]) for r in seeds], [(r["nfe"], r["reward"]) for r in runs[baseline]]),
             is_baseline=name == baseline,
         ))
     return rows
@@ -138,21 +163,25 @@ def markdown_table(rows: list[SummaryRow], target: float) -> str:
     """The summary as a markdown table: None as 'not reached'; a speed-up of a config that met
     the target at cost 0 (its first evaluation) while the baseline needed more as 'inf'; the
     per-seed speed-ups as 'min-max' ('-' for the baseline); 'bands' says whether the final rewards' seed bands are
-    separated from the baseline's ('above' / 'below') or overlap ('overlap')."""
+    separated from the baseline's ('above' / 'below') or overlap ('overlap'): every seed's final against
+    every baseline seed's; 'std bands apart from NFE': the forwards from which the mean +- std bands stay
+    apart (:func:`bands_apart_from`), 'overlap' when they touch at the end."""
     lines = [
         f"Target reward = the baseline's final mean: {target:.4f}",
         "",
         "| config | final reward (mean +- std over seeds) | s to target | NFE to target | "
-        "speed-up x (time) | speed-up x (NFE) | per seed x (time) | per seed x (NFE) | bands | edges per NFE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up x (time) | speed-up x (NFE) | per seed x (time) | per seed x (NFE) | bands | "
+        "std bands apart from NFE | edges per NFE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bands = "baseline" if r.is_baseline else (r.separated or "overlap")
+        apart = "-" if r.is_baseline else ("overlap" if r.bands_apart_nfe is None else f"{r.bands_apart_nfe:.0f}")
         lines.append(
             f"| {r.name} | {r.final_mean:.4f} +- {r.final_std:.4f} | {_cell(r.seconds_to_target, '.1f')} | "
             f"{_cell(r.nfe_to_target, '.0f')} | {_cell(r.speedup_time, '.2f')} | {_cell(r.speedup_nfe, '.2f')} | "
             f"{'-' if r.is_baseline else seed_range(r.seed_speedups_time)} | "
-            f"{'-' if r.is_baseline else seed_range(r.seed_speedups_nfe)} | {bands} | "
+            f"{'-' if r.is_baseline else seed_range(r.seed_speedups_nfe)} | {bands} | {apart} | "
             f"{r.edges_per_nfe:.3f} |"
         )
     return "\n".join(lines) + "\n"
