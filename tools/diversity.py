@@ -24,7 +24,6 @@ mean pairwise distance of tree and flat (mean +- population std over prompts); w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,10 +37,11 @@ import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from treegrpo.datasets.prompt_file import read_prompt_file  # noqa: E402
+from treegrpo.datasets.prompt_file import read_first_prompts  # noqa: E402
 from treegrpo.diversity import DISTANCES, clip_features, kid, mean_pairwise_distance, toy_features  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import SCHEDULES, build  # noqa: E402
+from treegrpo.run_files import write_report  # noqa: E402
 from treegrpo.samplers import FlatSampler, TreeSampler  # noqa: E402
 from treegrpo.utils import PURPOSES, make_generator  # noqa: E402
 
@@ -155,12 +155,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     cfg = load_config(args.config, args.cfg_options)
-    prompts, _ = read_prompt_file(args.prompts)
-    if args.num_prompts is not None:
-        if args.num_prompts > len(prompts):
-            raise ValueError(f"--num-prompts {args.num_prompts} exceeds the {len(prompts)} prompts "
-                             f"of {args.prompts}")
-        prompts = prompts[:args.num_prompts]
+    prompts = read_first_prompts(args.prompts, args.num_prompts)
     policy, kernel = load_policy(cfg, args.checkpoint, args.device, ema=args.ema)
     device = next(policy.denoiser.parameters()).device
     extract, features_info = feature_extractor(args, device)
@@ -218,13 +213,7 @@ def main(argv=None) -> dict:
                         "tree": per_prompt["tree"][i].item(), "flat": per_prompt["flat"][i].item()}
                        for i, p in enumerate(prompts)],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diversity.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    report = markdown_report(result)
-    (out / "diversity.md").write_text(report)
-    print(report, end="")
-    print(f"wrote {out}/diversity.json, diversity.md ({result['seconds']:.1f} s)")
+    write_report(args.out, "diversity", result, markdown_report(result))
     return result
 
 

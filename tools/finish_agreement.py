@@ -18,7 +18,6 @@ trains on a different reward. Writes ``<out>/finish_agreement.json`` and ``.md``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from treegrpo.datasets.prompt_file import read_prompt_file  # noqa: E402
+from treegrpo.datasets.prompt_file import read_first_prompts  # noqa: E402
 from treegrpo.inference import load_config, load_policy  # noqa: E402
 from treegrpo.registry import REWARDS, SCHEDULES, build  # noqa: E402
 from treegrpo.rollout import index_cond  # noqa: E402
+from treegrpo.run_files import write_report  # noqa: E402
 from treegrpo.samplers import TreeSampler  # noqa: E402
 from treegrpo.samplers.common import decode, ode_integrate, suffix_levels  # noqa: E402
 from treegrpo.schedules import BranchPlan  # noqa: E402
@@ -121,11 +121,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     cfg = load_config(args.config, args.cfg_options)
-    prompts, _ = read_prompt_file(args.prompts)
-    if args.num_prompts is not None:
-        if args.num_prompts > len(prompts):
-            raise ValueError(f"--num-prompts {args.num_prompts} exceeds the {len(prompts)} prompts of {args.prompts}")
-        prompts = prompts[:args.num_prompts]
+    prompts = read_first_prompts(args.prompts, args.num_prompts)
     num_steps = cfg.sampler.num_steps
     schedule = build(SCHEDULES, cfg.schedule)
     template = schedule.plan(0, num_steps, make_generator("cpu", args.seed, 0))
@@ -155,13 +151,7 @@ def main(argv=None) -> dict:
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "finish_agreement.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    report = markdown_report(result)
-    (out / "finish_agreement.md").write_text(report)
-    print(report, end="")
-    print(f"wrote {out}/finish_agreement.json, finish_agreement.md ({result['seconds']:.1f} s)")
+    write_report(args.out, "finish_agreement", result, markdown_report(result))
     return result
 
 

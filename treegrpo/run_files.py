@@ -1,7 +1,9 @@
 """The files of a run folder that are not checkpoints or logs: the folder itself (unique per run)
-and the merged config (kept as first written when a resume changes options)."""
+and the merged config (kept as first written when a resume changes options); and the JSON +
+markdown report pair the measuring tools write."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -62,3 +64,15 @@ def dump_config(cfg: Config, work_dir: Path, resumed_iteration: int | None = Non
     warnings.warn(f"resuming {work_dir} at iteration {resumed_iteration} with changed config keys "
                   f"{changed}: config.py is kept, the new config is {resume_path.name}", stacklevel=2)
     return resume_path
+
+
+def write_report(out: str | os.PathLike, stem: str, result: dict, report: str) -> Path:
+    """Write ``<out>/<stem>.json`` (``result``, values JSON cannot hold as strings) and
+    ``<out>/<stem>.md`` (``report``), print the report and where it went; returns the folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(report)
+    print(report, end="")
+    print(f"wrote {out}/{stem}.json, {stem}.md ({result['seconds']:.1f} s)")
+    return out

@@ -181,3 +181,14 @@ class PromptList(_PromptSequence):
                 )
             self.prompts.append(prompt.strip())
             self.metadata.append({})
+
+
+def read_first_prompts(path: str | os.PathLike, num_prompts: int | None = None) -> list[str]:
+    """The prompts of a prompt file (:func:`read_prompt_file`), the first ``num_prompts`` when given
+    (ValueError when the file has fewer)."""
+    prompts, _ = read_prompt_file(path)
+    if num_prompts is None:
+        return prompts
+    if num_prompts > len(prompts):
+        raise ValueError(f"--num-prompts {num_prompts} exceeds the {len(prompts)} prompts of {path}")
+    return prompts[:num_prompts]
