@@ -149,8 +149,9 @@ def test_unknown_top_level_key_lists_close_matches():
 
 def test_unknown_component_argument_names_component_matches_and_accepted():
     message = problems_of(toy(**{"sampler.num_step": 8}))
-    assert "sampler.num_step is not an argument of TreeSampler (did you mean num_steps?)" in message
-    assert "TreeSampler accepts: chunk_size, guidance_scale, num_steps" in message
+    # close matches, best first
+    assert "sampler.num_step is not an argument of TreeSampler (did you mean num_steps, suffix_steps?)" in message
+    assert "TreeSampler accepts: chunk_size, guidance_scale, num_steps, suffix_steps" in message
     message = problems_of(toy(**{"reward.clasifier": "x"}))
     assert "reward.clasifier is not an argument of ToyAlignmentReward" in message
 
