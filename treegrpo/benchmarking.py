@@ -50,7 +50,8 @@ def bands_apart_from(curves: list[tuple[np.ndarray, np.ndarray]], base_curves: l
 
     def band(group):
         values = np.stack([np.interp(grid, np.asarray(x, float), np.asarray(y, float)) for x, y in group])
-        return values.mean(axis=0) - values.std(axis=0), values.mean(axis=0) + values.std(axis=0)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        return mean - std, mean + std
 
     (low, high), (base_low, base_high) = band(curves), band(base_curves)
     for apart in (low > base_high, high < base_low):
