@@ -12,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import tests.conftest  # noqa: E402,F401  (registers TinyTestPolicy, MeanBrightnessReward)
@@ -50,3 +51,5 @@ def main(out_dir: str, mode: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
+        torch.distributed.destroy_process_group()

@@ -297,3 +297,21 @@ def test_onpolicy_metric_covers_every_micro_batch_before_the_first_step(tmp_path
     assert ScriptedRatioLoss.calls == 6
     assert read_log(tmp_path / "run")[0]["losses/onpolicy_ratio_max_dev"] == 0.25
 
+
+
+def test_train_tool_closes_the_process_group_when_training_fails(tmp_path, monkeypatch):
+    """A failing run (here: the reward backend) closes accelerate's process group before the error
+    propagates, so distributed processes exit with the error instead of aborting."""
+    from accelerate import Accelerator
+
+    from treegrpo.runner import Runner
+
+    def fail(self):
+        raise RuntimeError("reward backend down")
+
+    closed = []
+    monkeypatch.setattr(Runner, "train", fail)
+    monkeypatch.setattr(Accelerator, "end_training", lambda self: closed.append(self))
+    with pytest.raises(RuntimeError, match="reward backend down"):
+        train_main([write_config(tmp_path), "--work-dir", str(tmp_path / "run")])
+    assert len(closed) == 1 and isinstance(closed[0], Accelerator)

@@ -74,7 +74,13 @@ def main(argv=None) -> Runner:
     if runner.is_main:
         dump_config(cfg, runner.work_dir, runner.resumed_iteration)
         print(f"work dir: {runner.work_dir}" + (f" (resumed from {resume_from})" if resume_from else ""))
-    runner.train()
+    try:
+        runner.train()
+    except BaseException:
+        # close the process group (gloo / NCCL threads) before the error unwinds: a distributed
+        # process that exits with it open can abort ("terminate called without an active exception")
+        runner.accelerator.end_training()
+        raise
     return runner
 
 
