@@ -35,7 +35,7 @@ from treegrpo.registry import REWARDS, SCHEDULES, build  # noqa: E402
 from treegrpo.rollout import index_cond  # noqa: E402
 from treegrpo.run_files import write_report  # noqa: E402
 from treegrpo.samplers import TreeSampler  # noqa: E402
-from treegrpo.samplers.common import decode, ode_integrate, suffix_levels  # noqa: E402
+from treegrpo.samplers.common import decode, ode_finish  # noqa: E402
 from treegrpo.schedules import BranchPlan  # noqa: E402
 from treegrpo.utils import make_generator  # noqa: E402
 
@@ -89,9 +89,8 @@ def score_start(policy, kernel, reward, prompts: list[str], plan: BranchPlan, sa
         cond = index_cond(rollout.cond, rollout.leaf_prompt_index)
         rewards["full"].append(reward(rollout.images, rollout.leaf_prompts).float().cpu())
         for s in suffix_steps:
-            levels = suffix_levels(rollout.levels, plan.stop, s)
-            final = ode_integrate(policy, kernel, leaves, cond, levels, range(levels.shape[0] - 1),
-                                  rollout.guidance_scale, sampler.chunk_size)
+            final = ode_finish(policy, kernel, leaves, cond, rollout.levels, plan.stop, s,
+                               rollout.guidance_scale, sampler.chunk_size)
             images = decode(policy, final, sampler.chunk_size)
             rewards[str(s)].append(reward(images, rollout.leaf_prompts).float().cpu())
     return {key: torch.cat(parts).view(len(prompts), plan.num_leaves) for key, parts in rewards.items()}

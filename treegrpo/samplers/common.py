@@ -88,6 +88,14 @@ def suffix_levels(levels: torch.Tensor, stop: int, suffix_steps: int | None) -> 
     return levels[index.to(levels.device)]
 
 
+def ode_finish(policy, kernel, x: torch.Tensor, cond: dict[str, torch.Tensor], levels: torch.Tensor, stop: int,
+               suffix_steps: int | None, guidance_scale: float, chunk_size: int | None = None) -> torch.Tensor:
+    """The ODE finish after a window ending at step ``stop``: x [B, ...] -> final latents [B, ...]
+    over :func:`suffix_levels` (``suffix_steps`` forwards, or all ``T - stop``)."""
+    suffix = suffix_levels(levels, stop, suffix_steps)
+    return ode_integrate(policy, kernel, x, cond, suffix, range(suffix.shape[0] - 1), guidance_scale, chunk_size)
+
+
 def decode(policy, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Decode latents [L, ...] to images [L, 3, H, W] (video: [L, F, 3, H, W]) in [0, 1], ``chunk_size`` rows at a time."""
     if not chunk_size or latents.shape[0] <= chunk_size:

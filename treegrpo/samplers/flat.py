@@ -5,7 +5,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_integrate, suffix_levels
+from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_finish, ode_integrate
 from .tree import _check
 
 
@@ -86,8 +86,7 @@ class FlatSampler:
             parents.append(torch.arange(layer * rows, (layer + 1) * rows, device=device))
         steps.append(torch.full((rows,), window.stop, dtype=torch.long, device=device))
 
-        suffix = suffix_levels(levels, window.stop, self.suffix_steps)
-        final = ode_integrate(policy, kernel, x, row_cond, suffix, range(suffix.shape[0] - 1), gs, self.chunk_size)
+        final = ode_finish(policy, kernel, x, row_cond, levels, window.stop, self.suffix_steps, gs, self.chunk_size)
         images = decode(policy, final, self.chunk_size)
         num_layers = len(window) + 1
         return Rollout(

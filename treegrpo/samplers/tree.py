@@ -6,7 +6,7 @@ import torch
 
 from ..registry import SAMPLERS
 from ..rollout import Rollout, index_cond
-from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_integrate, suffix_levels
+from .common import PromptNoise, as_noise, check_suffix_steps, decode, ode_finish, ode_integrate
 
 
 def _check(num_steps: int, guidance_scale: float) -> None:
@@ -90,9 +90,8 @@ class TreeSampler:
             frontier = children
         steps.append(torch.full((frontier.numel(),), plan_steps.stop, dtype=torch.long, device=device))
 
-        suffix = suffix_levels(levels, plan_steps.stop, self.suffix_steps)
         leaf_cond = index_cond(cond, frontier_prompt)
-        final = ode_integrate(policy, kernel, x, leaf_cond, suffix, range(suffix.shape[0] - 1), gs, self.chunk_size)
+        final = ode_finish(policy, kernel, x, leaf_cond, levels, plan_steps.stop, self.suffix_steps, gs, self.chunk_size)
         images = decode(policy, final, self.chunk_size)
         return Rollout(
             prompts=list(prompts),
