@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
 import tests.conftest  # noqa: E402,F401  (registers TinyTestPolicy, MeanBrightnessReward)
+from tests.worker_exit import close_and_exit  # noqa: E402
 from treegrpo.advantages import GroupNorm  # noqa: E402
 from treegrpo.advantages.distributed import RankGroup  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
@@ -64,5 +65,4 @@ def main(out_dir: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(sys.argv[1])
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()

@@ -17,6 +17,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import tests.conftest  # noqa: E402,F401  (registers TinyTestPolicy, MeanBrightnessReward)
 from tests.dist_worker import tiny_config  # noqa: E402
+from tests.worker_exit import close_and_exit  # noqa: E402
 from treegrpo.registry import REWARDS  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
@@ -51,5 +52,4 @@ def main(out_dir: str, mode: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()

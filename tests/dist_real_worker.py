@@ -13,6 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from tests.worker_exit import close_and_exit  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -71,5 +72,4 @@ def run_cases(models: dict, out_dir: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     run_cases(json.loads(sys.argv[2]), Path(sys.argv[1]))
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()

@@ -17,6 +17,7 @@ from mmengine.config import Config  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import tests.conftest  # noqa: E402,F401  (registers TinyTestPolicy, MeanBrightnessReward)
+from tests.worker_exit import close_and_exit  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 
 
@@ -83,5 +84,4 @@ if __name__ == "__main__":
         stall(sys.argv[1], float(sys.argv[3]))
     else:
         main(sys.argv[1])
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()

@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 
 import treegrpo.runner as runner_module  # noqa: E402
 from tests.dist_real_worker import case_config  # noqa: E402
+from tests.worker_exit import close_and_exit  # noqa: E402
 from treegrpo.distributed import make_accelerator, make_fsdp_plugin  # noqa: E402
 from treegrpo.runner import Runner  # noqa: E402
 from treegrpo.sharded_checkpoint import gather_trainable, save_sharded_checkpoint  # noqa: E402
@@ -121,5 +122,4 @@ def save_failing_on_rank0(runner: Runner, out: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(Path(sys.argv[1]), json.loads(sys.argv[2]))
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()

@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from tests.worker_exit import close_and_exit  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from tools.train import main as train_main  # noqa: E402
@@ -42,5 +43,4 @@ def main(out: str, train_argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
-    if torch.distributed.is_initialized():  # close gloo's threads before the interpreter exits
-        torch.distributed.destroy_process_group()
+    close_and_exit()
